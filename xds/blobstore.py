@@ -1,0 +1,123 @@
+"""Blob store: where documents and DICOM instances live, byte for byte.
+
+The local implementation keeps one file per blob under a root folder. Bytes are first written
+to a spool file in the store's own ``tmp`` folder (same file system), hashed and counted on
+the way, then moved into place with an atomic rename, after an fsync, so a blob is either
+wholly present and durable or absent. Nothing is ever held whole in memory.
+
+Keys are opaque strings chosen by the caller (for example ``doc/<sha1>`` or
+``dicom/<study>/<series>/<sop>``); only ``[A-Za-z0-9._/-]`` is accepted, never ``..``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+CHUNK = 1 << 20
+
+_KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+class Spool:
+    """A write-once temporary file that hashes (SHA-1) and counts what is written to it."""
+
+    def __init__(self, directory: Path):
+        fd, name = tempfile.mkstemp(dir=directory, prefix="spool-")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._sha1 = hashlib.sha1()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._file.write(data)
+        self._sha1.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        """Flush and fsync, so that a later rename publishes durable bytes."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    @property
+    def sha1(self) -> str:
+        return self._sha1.hexdigest()
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Spool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:
+            self.discard()
+
+
+class FileBlobStore:
+    """Blobs as files under ``root``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def spool(self) -> Spool:
+        """A new spool file on the store's file system."""
+        return Spool(self.tmp)
+
+    def path(self, key: str) -> Path:
+        if not _KEY.match(key) or ".." in key.split("/"):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root / "blobs" / key
+
+    def commit(self, spool: Spool, key: str) -> None:
+        """Move a closed spool into place under ``key`` (replacing nothing that differs:
+        callers check identity first; a same-key rename is atomic either way)."""
+        spool.close()
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(spool.path, target)
+        _fsync_dir(target.parent)
+
+    def put_file(self, source: str | os.PathLike, key: str) -> tuple[str, int]:
+        """Copy a file into the store; returns (sha1, size)."""
+        with open(source, "rb") as src, self.spool() as spool:
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                spool.write(chunk)
+            self.commit(spool, key)
+        return spool.sha1, spool.size
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.path(key), "rb")
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def iter_bytes(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        with self.open(key) as f:
+            for chunk in iter(lambda: f.read(chunk_size), b""):
+                yield chunk
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
