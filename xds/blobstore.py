@@ -84,9 +84,13 @@ class FileBlobStore:
         """Move a closed spool into place under ``key`` (replacing nothing that differs:
         callers check identity first; a same-key rename is atomic either way)."""
         spool.close()
+        self.adopt(spool.path, key)
+
+    def adopt(self, path: str | os.PathLike, key: str) -> None:
+        """Move a closed, fsynced file of this store's ``tmp`` folder into place under ``key``."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(spool.path, target)
+        os.replace(path, target)
         _fsync_dir(target.parent)
 
     def put_file(self, source: str | os.PathLike, key: str) -> tuple[str, int]:

@@ -1,0 +1,138 @@
+"""The ``xdsi`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from xds.config import ConfigError, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="xdsi",
+        description="IHE XDS-I.b Imaging Document Source and XDS.b Document Repository.",
+    )
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get("XDSI_CONFIG"),
+                        help="TOML configuration file (default: built-in standalone settings; "
+                             "environment variable XDSI_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the service (HTTP/SOAP endpoints and DICOM archive)")
+    serve.add_argument("--profile", help="affinity-domain profile: a shipped name (default, nist-ids) "
+                                         "or a TOML file; overrides source.profile")
+
+    importer = commands.add_parser("import", help="archive DICOM files or folders without the network")
+    importer.add_argument("paths", nargs="+", metavar="PATH")
+
+    publish = commands.add_parser("publish", help="publish a study's manifest (through the running service)")
+    publish.add_argument("study_uid", metavar="STUDY_UID")
+    publish.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
+    publish.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+
+    commands.add_parser("jobs", help="list publishing jobs, their state and the registry's answer")
+
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load(args.config)
+        if getattr(args, "profile", None):
+            settings.source.profile = args.profile
+    except ConfigError as exc:
+        print(f"xdsi: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    return {"serve": _serve, "import": _import, "publish": _publish, "jobs": _jobs}[args.command](settings, args)
+
+
+def _serve(settings, args) -> int:
+    from xds.runtime import run_server
+
+    return run_server(settings)
+
+
+def _import(settings, args) -> int:
+    from dicom.importer import import_paths
+    from xds.runtime import open_archive
+
+    archive = open_archive(settings)
+    progress = _ProgressBar()
+    summary = import_paths(args.paths, archive, progress=progress)
+    progress.finish()
+    print(summary)
+    return 0
+
+
+def _publish(settings, args) -> int:
+    from xds.jobs import JobQueue
+    from xds.runtime import open_engine
+
+    queue = JobQueue(open_engine(settings))
+    job_id = queue.enqueue(args.study_uid, reason="command line")
+    print(f"publishing job {job_id} queued for study {args.study_uid}")
+    if args.no_wait:
+        return 0
+
+    # The running service's worker does the work; we watch the shared database.
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        job = queue.get(job_id)
+        if job.state in ("done", "failed"):
+            print(f"job {job_id}: {job.state}: {job.detail}")
+            return 0 if job.state == "done" else 1
+        time.sleep(0.5)
+    print(f"job {job_id} still {queue.get(job_id).state} after {args.timeout:.0f} s; is 'xdsi serve' running "
+          f"in this folder? See 'xdsi jobs'.", file=sys.stderr)
+    return 1
+
+
+def _jobs(settings, args) -> int:
+    from xds.jobs import JobQueue
+    from xds.runtime import open_engine
+
+    rows = JobQueue(open_engine(settings)).list()
+    if not rows:
+        print("no publishing jobs")
+        return 0
+    print(f"{'id':>5}  {'state':<9} {'tries':>5}  {'study':<64}  detail")
+    for job in rows:
+        print(f"{job.id:>5}  {job.state:<9} {job.attempts:>5}  {job.study_uid:<64}  {job.detail}")
+    return 0
+
+
+class _ProgressBar:
+    """A one-line progress display on stderr: files seen and the rate."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.count = 0
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.count = done
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        width = 30
+        if total:
+            filled = int(width * done / total)
+            bar = "#" * filled + "-" * (width - filled)
+            sys.stderr.write(f"\r[{bar}] {done}/{total} files, {done / elapsed:.0f}/s")
+        else:
+            sys.stderr.write(f"\r{done} files, {done / elapsed:.0f}/s")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Starting and stopping the whole service: HTTP endpoints, DICOM archive, publishing worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from xds.config import Settings
+from xds.db import create_all, create_engine
+
+log = logging.getLogger(__name__)
+
+
+def open_engine(settings: Settings):
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.database_url)
+    create_all(engine)
+    return engine
+
+
+def open_archive(settings: Settings, engine=None, blobstore=None):
+    from dicom.archive import Archive
+    from dicom.index import create_index_tables
+    from xds.blobstore import FileBlobStore
+
+    engine = engine or open_engine(settings)
+    create_index_tables(engine)
+    return Archive(engine, blobstore or FileBlobStore(settings.blob_path))
+
+
+def build_app(settings: Settings, start_dicom: bool = True, start_worker: bool = True):
+    """The Starlette application with every part wired, started and stopped by its lifespan."""
+    from dicom.scp import DicomServer
+    from xds.imaging_source import imaging_source_routes
+    from xds.jobs import JobQueue, ManifestLedger
+    from xds.publisher import Publisher
+    from xds.service import Components, create_app
+
+    components = Components(settings)
+    components.archive = open_archive(settings, components.engine, components.blobstore)
+    components.jobs = JobQueue(components.engine)
+    components.publisher = Publisher(settings, components.archive, components.blobstore, components.jobs,
+                                     ManifestLedger(components.engine), repository=components.repository)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        dicom_server = None
+        worker = None
+        if start_dicom and settings.dicom.enabled:
+            dicom_server = DicomServer(components.archive, ae_title=settings.dicom.ae_title,
+                                       host=settings.dicom.host, port=settings.dicom.port,
+                                       **_dicom_options(settings))
+            dicom_server.start()
+            log.info("DICOM archive %s listening on %s:%d", settings.dicom.ae_title, settings.dicom.host,
+                     settings.dicom.port)
+        if start_worker:
+            worker = asyncio.create_task(components.publisher.worker())
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            if dicom_server is not None:
+                dicom_server.stop()
+
+    return create_app(settings, components, extra_routes=imaging_source_routes(components), lifespan=lifespan)
+
+
+def _dicom_options(settings: Settings) -> dict:
+    """Options of DicomServer beyond the basics that this version of it accepts."""
+    import inspect
+
+    from dicom.scp import DicomServer
+
+    accepted = inspect.signature(DicomServer.__init__).parameters
+    options = {}
+    if "move_destinations" in accepted:
+        options["move_destinations"] = {
+            ae: (address.rpartition(":")[0], int(address.rpartition(":")[2]))
+            for ae, address in settings.dicom.move_destinations.items()
+        }
+    return options
+
+
+def run_server(settings: Settings) -> int:
+    app = build_app(settings)
+    log.info("HTTP endpoints on %s (repository %s, imaging source %s)", settings.base_url,
+             settings.repository.unique_id, settings.source.unique_id)
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info",
+                timeout_keep_alive=30)
+    return 0
