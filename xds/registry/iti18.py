@@ -1,0 +1,325 @@
+"""ITI-18 Registry Stored Query, as answered by the embedded Document Registry.
+
+Supported queries: FindDocuments, GetDocuments, GetSubmissionSets, GetAssociations
+(ITI TF-2 3.18.4.1.2.3.7). Any other stored query id gets XDSUnknownStoredQuery.
+
+Parameter values use the stored-query syntax: a quoted string ``'x'`` (a doubled quote
+``''`` inside it is a quote), a number ``20240105``, or a list ``('a','b')``. Several
+``rim:Value`` elements of one slot add to the list; for the code parameters that allow
+AND (eventCodeList, confidentialityCode) each ``rim:Value`` is one OR-group and the groups
+are ANDed (ITI TF-2 3.18.4.1.2.3.5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lxml import etree
+from lxml.etree import _Element
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from xds import ebrim
+from xds.errors import ErrorCode, RegistryError, XdsError, append_error_list
+from xds.metadata import RIM_SLOT, RIM_VALUE
+from xds.registry.store import (
+    KIND_ASSOCIATION,
+    KIND_DOCUMENT_ENTRY,
+    KIND_SUBMISSION_SET,
+    registry_codes,
+    registry_objects,
+)
+
+logger = logging.getLogger(__name__)
+
+# Code parameters of FindDocuments and the classification scheme each one filters on.
+CODE_PARAMETERS = {
+    "$XDSDocumentEntryClassCode": ebrim.DE_CLASS_CODE,
+    "$XDSDocumentEntryTypeCode": ebrim.DE_TYPE_CODE,
+    "$XDSDocumentEntryFormatCode": ebrim.DE_FORMAT_CODE,
+    "$XDSDocumentEntryPracticeSettingCode": ebrim.DE_PRACTICE_SETTING_CODE,
+    "$XDSDocumentEntryHealthcareFacilityTypeCode": ebrim.DE_HEALTHCARE_FACILITY_TYPE_CODE,
+    "$XDSDocumentEntryEventCodeList": ebrim.DE_EVENT_CODE,
+    "$XDSDocumentEntryConfidentialityCode": ebrim.DE_CONFIDENTIALITY_CODE,
+}
+AND_OR_PARAMETERS = {"$XDSDocumentEntryEventCodeList", "$XDSDocumentEntryConfidentialityCode"}
+TIME_PARAMETERS = {
+    "$XDSDocumentEntryCreationTimeFrom": ("creation_time", ">="),
+    "$XDSDocumentEntryCreationTimeTo": ("creation_time", "<"),
+    "$XDSDocumentEntryServiceStartTimeFrom": ("service_start_time", ">="),
+    "$XDSDocumentEntryServiceStartTimeTo": ("service_start_time", "<"),
+    "$XDSDocumentEntryServiceStopTimeFrom": ("service_stop_time", ">="),
+    "$XDSDocumentEntryServiceStopTimeTo": ("service_stop_time", "<"),
+}
+
+
+# -- parameter syntax -------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> list[str]:
+    """Parse one stored-query value: ``'x'``, ``12``, or ``('a', 'b', 3)`` into strings.
+
+    Raises
+    ------
+    ValueError
+        Unbalanced quotes or parentheses.
+    """
+    text = text.strip()
+    if text.startswith("("):
+        if not text.endswith(")"):
+            raise ValueError(f"list value without closing parenthesis: {text}")
+        text = text[1:-1]
+    items: list[str] = []
+    position = 0
+    while position < len(text):
+        char = text[position]
+        if char in " \t\r\n,":
+            position += 1
+        elif char == "'":
+            item, position = _quoted(text, position)
+            items.append(item)
+        else:
+            end = position
+            while end < len(text) and text[end] not in ",":
+                end += 1
+            items.append(text[position:end].strip())
+            position = end
+    return items
+
+
+def _quoted(text: str, start: int) -> tuple[str, int]:
+    """The quoted string starting at ``start`` and the position after its closing quote."""
+    chars = []
+    position = start + 1
+    while position < len(text):
+        if text[position] == "'":
+            if text[position + 1 : position + 2] == "'":
+                chars.append("'")
+                position += 2
+                continue
+            return "".join(chars), position + 1
+        chars.append(text[position])
+        position += 1
+    raise ValueError(f"unterminated quoted string in {text}")
+
+
+@dataclass
+class Parameters:
+    """The slots of an AdhocQuery: name -> list of value groups (one per rim:Value)."""
+
+    groups: dict[str, list[list[str]]]
+
+    @classmethod
+    def parse(cls, adhoc_query: _Element) -> Parameters:
+        groups: dict[str, list[list[str]]] = {}
+        for slot in adhoc_query.iterchildren(RIM_SLOT):
+            name = slot.get("name", "")
+            try:
+                values = [parse_value(value.text or "") for value in slot.iter(RIM_VALUE)]
+            except ValueError as exc:
+                raise XdsError(ErrorCode.XDSRegistryError, f"parameter {name}: {exc}", name)
+            groups.setdefault(name, []).extend(values)
+        return cls(groups)
+
+    def values(self, name: str) -> list[str]:
+        return [value for group in self.groups.get(name, []) for value in group]
+
+    def required(self, name: str) -> list[str]:
+        values = self.values(name)
+        if not values:
+            raise XdsError(
+                ErrorCode.XDSStoredQueryMissingParam, f"required parameter {name} is missing", name
+            )
+        return values
+
+    def single(self, name: str, required: bool = False) -> str | None:
+        values = self.required(name) if required else self.values(name)
+        if len(values) > 1:
+            raise XdsError(
+                ErrorCode.XDSStoredQueryParamNumber,
+                f"parameter {name} takes one value; {len(values)} were given",
+                name,
+            )
+        return values[0] if values else None
+
+
+# -- the queries ---------------------------------------------------------------------------------
+
+
+def _code_condition(scheme: str, coded: list[str]) -> ColumnElement[bool]:
+    """EXISTS a code row of ``scheme`` matching one of ``coded`` (``code^^codingScheme``)."""
+    alternatives = []
+    for value in coded:
+        code, _, coding_scheme = value.partition("^^")
+        condition = registry_codes.c.code == code
+        if coding_scheme:
+            condition = and_(condition, registry_codes.c.coding_scheme == coding_scheme)
+        alternatives.append(condition)
+    return exists().where(
+        registry_codes.c.entry_uuid == registry_objects.c.entry_uuid,
+        registry_codes.c.scheme == scheme,
+        or_(*alternatives),
+    )
+
+
+def find_documents(connection: Connection, parameters: Parameters) -> list:
+    patient_id = parameters.single("$XDSDocumentEntryPatientId", required=True)
+    statuses = parameters.required("$XDSDocumentEntryStatus")
+    conditions: list[ColumnElement[bool]] = [
+        registry_objects.c.kind == KIND_DOCUMENT_ENTRY,
+        registry_objects.c.patient_id == patient_id,
+        registry_objects.c.status.in_(statuses),
+    ]
+    entry_types = parameters.values("$XDSDocumentEntryType")
+    if entry_types:
+        conditions.append(registry_objects.c.object_type.in_(entry_types))
+
+    for name, scheme in CODE_PARAMETERS.items():
+        groups = parameters.groups.get(name, [])
+        if not groups:
+            continue
+        if name in AND_OR_PARAMETERS:
+            conditions.extend(_code_condition(scheme, group) for group in groups)
+        else:
+            conditions.append(_code_condition(scheme, parameters.values(name)))
+
+    for name, (column_name, operator) in TIME_PARAMETERS.items():
+        bound = parameters.single(name)
+        if bound is None:
+            continue
+        column = registry_objects.c[column_name]
+        conditions.append(column >= bound if operator == ">=" else column < bound)
+
+    query = select(registry_objects).where(*conditions).order_by(registry_objects.c.entry_uuid)
+    return list(connection.execute(query))
+
+
+def get_documents(connection: Connection, parameters: Parameters) -> list:
+    uuids = parameters.values("$XDSDocumentEntryEntryUUID")
+    unique_ids = parameters.values("$XDSDocumentEntryUniqueId")
+    if bool(uuids) == bool(unique_ids):
+        raise XdsError(
+            ErrorCode.XDSStoredQueryParamNumber,
+            "GetDocuments takes exactly one of $XDSDocumentEntryEntryUUID and "
+            "$XDSDocumentEntryUniqueId",
+            "GetDocuments",
+        )
+    column = registry_objects.c.entry_uuid if uuids else registry_objects.c.unique_id
+    query = select(registry_objects).where(
+        registry_objects.c.kind == KIND_DOCUMENT_ENTRY, column.in_(uuids or unique_ids)
+    )
+    return list(connection.execute(query.order_by(registry_objects.c.entry_uuid)))
+
+
+def get_associations(connection: Connection, parameters: Parameters) -> list:
+    uuids = parameters.required("$uuid")
+    query = select(registry_objects).where(
+        registry_objects.c.kind == KIND_ASSOCIATION,
+        or_(registry_objects.c.source_object.in_(uuids), registry_objects.c.target_object.in_(uuids)),
+    )
+    return list(connection.execute(query.order_by(registry_objects.c.entry_uuid)))
+
+
+def get_submission_sets(connection: Connection, parameters: Parameters) -> list:
+    """The SubmissionSets with a HasMember to the given objects, and those Associations."""
+    uuids = parameters.required("$uuid")
+    associations = list(connection.execute(
+        select(registry_objects)
+        .where(
+            registry_objects.c.kind == KIND_ASSOCIATION,
+            registry_objects.c.association_type == ebrim.HAS_MEMBER,
+            registry_objects.c.target_object.in_(uuids),
+        )
+        .order_by(registry_objects.c.entry_uuid)
+    ))
+    sources = sorted({row.source_object for row in associations})
+    submission_sets = list(connection.execute(
+        select(registry_objects).where(
+            registry_objects.c.kind == KIND_SUBMISSION_SET,
+            registry_objects.c.entry_uuid.in_(sources),
+        ).order_by(registry_objects.c.entry_uuid)
+    ))
+    member_links = [row for row in associations if row.source_object in
+                    {ss.entry_uuid for ss in submission_sets}]
+    return submission_sets + member_links
+
+
+QUERIES: dict[str, Callable[[Connection, Parameters], list]] = {
+    ebrim.FIND_DOCUMENTS: find_documents,
+    ebrim.GET_DOCUMENTS: get_documents,
+    ebrim.GET_SUBMISSION_SETS: get_submission_sets,
+    ebrim.GET_ASSOCIATIONS: get_associations,
+}
+
+
+# -- request and response ------------------------------------------------------------------------
+
+
+def _response(status: str) -> _Element:
+    return etree.Element(
+        ebrim.q("query", "AdhocQueryResponse"),
+        nsmap={"query": ebrim.QUERY, "rim": ebrim.RIM, "rs": ebrim.RS},
+        status=status,
+    )
+
+
+def _failure(errors: list[RegistryError]) -> _Element:
+    response = _response(ebrim.FAILURE)
+    append_error_list(response, errors)
+    return response
+
+
+def _leaf(row) -> _Element:  # type: ignore[no-untyped-def]
+    """The stored object, with its current availability status."""
+    element = etree.fromstring(row.xml)
+    element.set("status", row.status)
+    return element
+
+
+def stored_query(engine: Engine, adhoc_query_request: _Element) -> _Element:
+    """Answer an ``query:AdhocQueryRequest``; return ``query:AdhocQueryResponse``.
+
+    References
+    ----------
+    ITI TF-2 3.18.4.1 (request), 3.18.4.1.3 (response), ITI TF-3 Table 4.2.4.1-2.
+    """
+    option = adhoc_query_request.find(ebrim.q("query", "ResponseOption"))
+    return_type = option.get("returnType", ebrim.RETURN_OBJECT_REF) if option is not None else (
+        ebrim.RETURN_OBJECT_REF
+    )
+    adhoc_query = adhoc_query_request.find(ebrim.q("rim", "AdhocQuery"))
+    if adhoc_query is None:
+        return _failure([RegistryError(
+            ErrorCode.XDSRegistryError, "AdhocQueryRequest without rim:AdhocQuery", None)])
+    query_id = adhoc_query.get("id", "")
+    query = QUERIES.get(query_id)
+    if query is None:
+        return _failure([RegistryError(
+            ErrorCode.XDSUnknownStoredQuery,
+            f"stored query {query_id} is not supported; this registry answers FindDocuments, "
+            "GetDocuments, GetSubmissionSets and GetAssociations",
+            query_id,
+        )])
+    if return_type not in (ebrim.RETURN_LEAF_CLASS, ebrim.RETURN_OBJECT_REF):
+        return _failure([RegistryError(
+            ErrorCode.XDSRegistryError, f"returnType {return_type} is not supported", return_type)])
+
+    try:
+        parameters = Parameters.parse(adhoc_query)
+        with engine.connect() as connection:
+            rows = query(connection, parameters)
+    except XdsError as exc:
+        return _failure(exc.errors)
+
+    response = _response(ebrim.SUCCESS)
+    object_list = etree.SubElement(response, ebrim.q("rim", "RegistryObjectList"))
+    for row in rows:
+        if return_type == ebrim.RETURN_LEAF_CLASS:
+            object_list.append(_leaf(row))
+        else:
+            etree.SubElement(object_list, ebrim.q("rim", "ObjectRef"), id=row.entry_uuid)
+    logger.info("ITI-18 stored query %s returned %d objects", query_id, len(rows))
+    return response
