@@ -269,6 +269,8 @@ def _response(status: str) -> _Element:
 def _failure(errors: list[RegistryError]) -> _Element:
     response = _response(ebrim.FAILURE)
     append_error_list(response, errors)
+    # query.xsd requires the (here empty) object list even in a Failure.
+    etree.SubElement(response, ebrim.q("rim", "RegistryObjectList"))
     return response
 
 
