@@ -35,7 +35,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-
     url = os.environ.get("XDSI_TEST_POSTGRES_URL")
     if not url:
         if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but XDSI_TEST_POSTGRES_URL is not set; .ci/run must start PostgreSQL")
+            pytest.fail(
+                "CI=true but XDSI_TEST_POSTGRES_URL is not set; .ci/run must start PostgreSQL"
+            )
         pytest.skip("XDSI_TEST_POSTGRES_URL is not set")
     return url
 

@@ -34,7 +34,9 @@ CORPUS_COUNTS = [
 
 
 @pytest.mark.parametrize("name, sets, entries, associations", CORPUS_COUNTS)
-def test_parse_corpus_submission_counts(name: str, sets: int, entries: int, associations: int) -> None:
+def test_parse_corpus_submission_counts(
+    name: str, sets: int, entries: int, associations: int
+) -> None:
     submission = Submission.parse(corpus_request(name))
     assert len(submission.submission_sets) == sets
     assert len(submission.document_entries) == entries
@@ -123,7 +125,9 @@ def test_set_slot_on_object_without_slots_inserts_first() -> None:
 
 def test_registry_response_failure_is_schema_valid_with_all_fields() -> None:
     errors = [
-        RegistryError(ErrorCode.XDSRepositoryMetadataError, "hash differs for Document01", "Document01"),
+        RegistryError(
+            ErrorCode.XDSRepositoryMetadataError, "hash differs for Document01", "Document01"
+        ),
         RegistryError("XDSExtraMetadataNotSaved", "slot dropped", severity=ebrim.SEVERITY_WARNING),
     ]
     response = registry_response(errors)

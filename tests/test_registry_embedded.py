@@ -8,6 +8,7 @@ import threading
 
 from lxml import etree
 from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 
 from tests.dbfixtures import (  # noqa: F401 (fixtures)
     assert_schema_valid,
@@ -25,11 +26,18 @@ PATIENT = "test1234_2^^^&1.2.3.45.4.3.2.1&ISO"
 TWO_DOCS = "dcm4cheexds-RegisterTwoDocuments.xml"
 
 
-def _query(query_id: str, params: dict[str, list[str]], return_type: str = "LeafClass") -> etree._Element:
-    request = etree.Element(ebrim.q("query", "AdhocQueryRequest"), nsmap={
-        "query": ebrim.QUERY, "rim": ebrim.RIM})
-    etree.SubElement(request, ebrim.q("query", "ResponseOption"), returnType=return_type,
-                     returnComposedObjects="true")
+def _query(
+    query_id: str, params: dict[str, list[str]], return_type: str = "LeafClass"
+) -> etree._Element:
+    request = etree.Element(
+        ebrim.q("query", "AdhocQueryRequest"), nsmap={"query": ebrim.QUERY, "rim": ebrim.RIM}
+    )
+    etree.SubElement(
+        request,
+        ebrim.q("query", "ResponseOption"),
+        returnType=return_type,
+        returnComposedObjects="true",
+    )
     adhoc = etree.SubElement(request, ebrim.q("rim", "AdhocQuery"), id=query_id)
     for name, values in params.items():
         slot = etree.SubElement(adhoc, ebrim.q("rim", "Slot"), name=name)
@@ -54,31 +62,43 @@ def _count(engine, table) -> int:  # type: ignore[no-untyped-def]
         return connection.execute(select(func.count()).select_from(table)).scalar_one()
 
 
-def test_iti42_register_two_documents_then_iti18_finds_both(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti42_register_two_documents_then_iti18_finds_both(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     response = registry.register(corpus_request(TWO_DOCS))
     assert _status(response) == (ebrim.SUCCESS, [])
     assert_schema_valid(response, "rs.xsd")
-    uuids = ["urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9501",
-             "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9502"]
+    uuids = [
+        "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9501",
+        "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9502",
+    ]
 
-    get = registry.stored_query(_query(ebrim.GET_DOCUMENTS, {
-        "$XDSDocumentEntryEntryUUID": [f"('{uuids[0]}', '{uuids[1]}')"]}))
+    get = registry.stored_query(
+        _query(
+            ebrim.GET_DOCUMENTS, {"$XDSDocumentEntryEntryUUID": [f"('{uuids[0]}', '{uuids[1]}')"]}
+        )
+    )
     assert _status(get) == (ebrim.SUCCESS, [])
     assert _ids(get) == uuids
     assert_schema_valid(get, "query.xsd")
     leaf = get.find(ebrim.q("rim", "RegistryObjectList"))[0]
     assert leaf.tag == ebrim.q("rim", "ExtrinsicObject")
     assert leaf.get("status") == ebrim.STATUS_APPROVED
-    assert Submission  # the leaf keeps its metadata:
+    # The leaf keeps its metadata.
     assert any(ei.get("value") == PATIENT for ei in leaf.iter(RIM_EXTERNAL_IDENTIFIER))
 
-    by_unique_id = registry.stored_query(_query(ebrim.GET_DOCUMENTS, {
-        "$XDSDocumentEntryUniqueId": ["('1.42.20120601170229.43')"]}, "ObjectRef"))
+    by_unique_id = registry.stored_query(
+        _query(
+            ebrim.GET_DOCUMENTS,
+            {"$XDSDocumentEntryUniqueId": ["('1.42.20120601170229.43')"]},
+            "ObjectRef",
+        )
+    )
     assert _ids(by_unique_id) == [uuids[1]]
 
-    find = {"$XDSDocumentEntryPatientId": [f"'{PATIENT}'"],
-            "$XDSDocumentEntryStatus": [f"('{ebrim.STATUS_APPROVED}')"]}
+    find = {
+        "$XDSDocumentEntryPatientId": [f"'{PATIENT}'"],
+        "$XDSDocumentEntryStatus": [f"('{ebrim.STATUS_APPROVED}')"],
+    }
     for return_type, tag in (("LeafClass", "ExtrinsicObject"), ("ObjectRef", "ObjectRef")):
         found = registry.stored_query(_query(ebrim.FIND_DOCUMENTS, find, return_type))
         assert _status(found) == (ebrim.SUCCESS, [])
@@ -87,18 +107,22 @@ def test_iti42_register_two_documents_then_iti18_finds_both(registry_engine) -> 
         assert_schema_valid(found, "query.xsd")
 
 
-def test_iti18_find_documents_filters(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti18_find_documents_filters(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     registry.register(corpus_request(TWO_DOCS))
-    base = {"$XDSDocumentEntryPatientId": [f"'{PATIENT}'"],
-            "$XDSDocumentEntryStatus": [f"('{ebrim.STATUS_APPROVED}')"]}
+    base = {
+        "$XDSDocumentEntryPatientId": [f"'{PATIENT}'"],
+        "$XDSDocumentEntryStatus": [f"('{ebrim.STATUS_APPROVED}')"],
+    }
 
     def find(**extra: list[str]) -> list[str]:
         params = {**base, **{f"$XDSDocumentEntry{k}": v for k, v in extra.items()}}
         return _ids(registry.stored_query(_query(ebrim.FIND_DOCUMENTS, params, "ObjectRef")))
 
-    first, second = ("urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9501",
-                     "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9502")
+    first, second = (
+        "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9501",
+        "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9502",
+    )
     assert find(ClassCode=["('Communication^^dcm4che classCodes')"]) == [first]
     assert find(ClassCode=["('Communication^^other scheme')"]) == []
     assert find(FormatCode=["('CDAR2/IHE 1.0')", "('nothing')"]) == [first]
@@ -112,7 +136,7 @@ def test_iti18_find_documents_filters(registry_engine) -> None:  # type: ignore[
     assert _ids(registry.stored_query(_query(ebrim.FIND_DOCUMENTS, deprecated))) == []
 
 
-def test_iti18_get_submission_sets_and_associations(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti18_get_submission_sets_and_associations(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     registry.register(corpus_request(TWO_DOCS))
     document = "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9501"
@@ -124,25 +148,34 @@ def test_iti18_get_submission_sets_and_associations(registry_engine) -> None:  #
     assert kinds == ["RegistryPackage", "Association"]
     package = sets[0][0]
     assert package.get("id") == "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9503"
-    assert any(c.get("classificationNode") == ebrim.SUBMISSION_SET_NODE
-               for c in package.iter(ebrim.q("rim", "Classification")))
+    assert any(
+        c.get("classificationNode") == ebrim.SUBMISSION_SET_NODE
+        for c in package.iter(ebrim.q("rim", "Classification"))
+    )
 
     links = registry.stored_query(_query(ebrim.GET_ASSOCIATIONS, {"$uuid": [f"('{document}')"]}))
     assert len(links[0]) == 1 and links[0][0].get("targetObject") == document
     assert_schema_valid(links, "query.xsd")
 
 
-def test_iti18_errors_missing_param_unknown_query(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti18_errors_missing_param_unknown_query(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
-    missing = registry.stored_query(_query(ebrim.FIND_DOCUMENTS, {
-        "$XDSDocumentEntryStatus": [f"('{ebrim.STATUS_APPROVED}')"]}))
+    missing = registry.stored_query(
+        _query(ebrim.FIND_DOCUMENTS, {"$XDSDocumentEntryStatus": [f"('{ebrim.STATUS_APPROVED}')"]})
+    )
     assert _status(missing) == (ebrim.FAILURE, ["XDSStoredQueryMissingParam"])
     assert "$XDSDocumentEntryPatientId" in missing[0][0].get("codeContext")
     assert_schema_valid(missing, "query.xsd")
 
-    two_patients = registry.stored_query(_query(ebrim.FIND_DOCUMENTS, {
-        "$XDSDocumentEntryPatientId": ["('a^^^&1.2&ISO', 'b^^^&1.2&ISO')"],
-        "$XDSDocumentEntryStatus": [f"('{ebrim.STATUS_APPROVED}')"]}))
+    two_patients = registry.stored_query(
+        _query(
+            ebrim.FIND_DOCUMENTS,
+            {
+                "$XDSDocumentEntryPatientId": ["('a^^^&1.2&ISO', 'b^^^&1.2&ISO')"],
+                "$XDSDocumentEntryStatus": [f"('{ebrim.STATUS_APPROVED}')"],
+            },
+        )
+    )
     assert _status(two_patients) == (ebrim.FAILURE, ["XDSStoredQueryParamNumber"])
 
     unknown = registry.stored_query(_query("urn:uuid:00000000-0000-0000-0000-000000000000", {}))
@@ -150,7 +183,7 @@ def test_iti18_errors_missing_param_unknown_query(registry_engine) -> None:  # t
     assert_schema_valid(unknown, "query.xsd")
 
 
-def test_iti42_symbolic_ids_become_uuids(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti42_symbolic_ids_become_uuids(registry_engine: Engine) -> None:
     request = copy.deepcopy(corpus_request("nist-PnrXop-Xop-body.txt"))
     entry = Submission.parse(request).document_entries[0]
     entry.set_slot("hash", ["e543712c0e10501972de13a5bfcbe826c49feb75"])
@@ -173,10 +206,12 @@ def test_iti42_symbolic_ids_become_uuids(registry_engine) -> None:  # type: igno
     assert entry.id == "Document01"
 
 
-def test_iti42_resubmit_identical_then_wrong_hash(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti42_resubmit_identical_then_wrong_hash(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     assert _status(registry.register(corpus_request("dcm4cheexds-ResubmitInitialDoc.xml"))) == (
-        ebrim.SUCCESS, [])
+        ebrim.SUCCESS,
+        [],
+    )
     objects_before = _count(registry_engine, registry_objects)
 
     response = registry.register(corpus_request("dcm4cheexds-ResubmitWrongHash.xml"))
@@ -187,14 +222,15 @@ def test_iti42_resubmit_identical_then_wrong_hash(registry_engine) -> None:  # t
     assert _count(registry_engine, registry_objects) == objects_before
 
 
-def test_iti42_identical_resubmission_is_accepted(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti42_identical_resubmission_is_accepted(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     first = corpus_request("dcm4cheexds-ResubmitInitialDoc.xml")
     assert _status(registry.register(first))[0] == ebrim.SUCCESS
     # Same document (same uniqueId, hash, size) in a new SubmissionSet with symbolic ids.
     again = copy.deepcopy(corpus_request("dcm4cheexds-ResubmitWrongHash.xml"))
     Submission.parse(again).document_entries[0].set_slot(
-        "hash", ["e543712c0e10501972de13a5bfcbe826c49feb75"])
+        "hash", ["e543712c0e10501972de13a5bfcbe826c49feb75"]
+    )
     assert _status(registry.register(again)) == (ebrim.SUCCESS, [])
     assert _count(registry_engine, registry_unique_ids) == 3  # DE once, two SS
 
@@ -223,45 +259,58 @@ def _replacement(target_uuid: str, patient: str = PATIENT) -> etree._Element:
             element.set("value", element.get("value") + ".7")
         if element.get("value") == PATIENT:
             element.set("value", patient)
-    rplc = etree.SubElement(object_list, ebrim.q("rim", "Association"),
-                            id="rplc01", associationType=ebrim.RPLC,
-                            sourceObject="urn:uuid:aabbccdd-bdda-424e-8c96-df4873be7501",
-                            targetObject=target_uuid)
+    rplc = etree.SubElement(
+        object_list,
+        ebrim.q("rim", "Association"),
+        id="rplc01",
+        associationType=ebrim.RPLC,
+        sourceObject="urn:uuid:aabbccdd-bdda-424e-8c96-df4873be7501",
+        targetObject=target_uuid,
+    )
     assert rplc is not None
     return request
 
 
-def test_iti42_rplc_deprecates_target_and_second_rplc_fails(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti42_rplc_deprecates_target_and_second_rplc_fails(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     registry.register(corpus_request(TWO_DOCS))
     target = "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9501"
 
     assert _status(registry.register(_replacement(target))) == (ebrim.SUCCESS, [])
     with registry_engine.connect() as connection:
-        status = connection.execute(select(registry_objects.c.status).where(
-            registry_objects.c.entry_uuid == target)).scalar_one()
+        status = connection.execute(
+            select(registry_objects.c.status).where(registry_objects.c.entry_uuid == target)
+        ).scalar_one()
     assert status == ebrim.STATUS_DEPRECATED
 
     again = _replacement(target)
     for element in again.iter(tag=etree.Element):
         for attribute, value in element.attrib.items():
-            element.set(attribute, value.replace("-df4873be7", "-df4873be6").replace(
-                "229.42.7", "229.42.8").replace("229.44.7", "229.44.8"))
-    assert _status(registry.register(again)) == (ebrim.FAILURE, ["XDSRegistryDeprecatedDocumentError"])
+            element.set(
+                attribute,
+                value.replace("-df4873be7", "-df4873be6")
+                .replace("229.42.7", "229.42.8")
+                .replace("229.44.7", "229.44.8"),
+            )
+    assert _status(registry.register(again)) == (
+        ebrim.FAILURE,
+        ["XDSRegistryDeprecatedDocumentError"],
+    )
 
 
-def test_iti42_rplc_errors_unknown_target_and_other_patient(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti42_rplc_errors_unknown_target_and_other_patient(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     registry.register(corpus_request(TWO_DOCS))
     unknown = _replacement("urn:uuid:11111111-2222-3333-4444-555555555555")
     assert _status(registry.register(unknown)) == (ebrim.FAILURE, ["UnresolvedReferenceException"])
 
-    other = _replacement("urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9501",
-                         patient="other^^^&1.2.3.45.4.3.2.1&ISO")
+    other = _replacement(
+        "urn:uuid:aabbccdd-bdda-424e-8c96-df4873be9501", patient="other^^^&1.2.3.45.4.3.2.1&ISO"
+    )
     assert _status(registry.register(other)) == (ebrim.FAILURE, ["XDSPatientIdDoesNotMatch"])
 
 
-def test_iti42_error_in_second_document_stores_nothing(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti42_error_in_second_document_stores_nothing(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     registry.register(corpus_request("dcm4cheexds-ResubmitInitialDoc.xml"))
     # Second DE of RegisterTwoDocuments reuses the registered uniqueId with another hash.
@@ -278,17 +327,24 @@ def test_iti42_error_in_second_document_stores_nothing(registry_engine) -> None:
     assert (status, codes) == (ebrim.FAILURE, ["XDSNonIdenticalHash"])
     assert _count(registry_engine, registry_objects) == before
     with registry_engine.connect() as connection:
-        assert connection.execute(select(registry_objects).where(
-            registry_objects.c.unique_id == "1.42.20120601170229.42")).first() is None
+        assert (
+            connection.execute(
+                select(registry_objects).where(
+                    registry_objects.c.unique_id == "1.42.20120601170229.42"
+                )
+            ).first()
+            is None
+        )
 
 
-def test_iti42_concurrent_same_submission_set_unique_id(registry_engine) -> None:  # type: ignore[no-untyped-def]
+def test_iti42_concurrent_same_submission_set_unique_id(registry_engine: Engine) -> None:
     registry = EmbeddedRegistry(registry_engine)
     first = copy.deepcopy(corpus_request("dcm4cheexds-ResubmitInitialDoc.xml"))
     second = copy.deepcopy(corpus_request("dcm4cheexds-ResubmitWrongHash.xml"))
     # Same SubmissionSet uniqueId, same document content, different entryUUIDs.
     Submission.parse(second).document_entries[0].set_slot(
-        "hash", ["e543712c0e10501972de13a5bfcbe826c49feb75"])
+        "hash", ["e543712c0e10501972de13a5bfcbe826c49feb75"]
+    )
     for ei in second.iter(RIM_EXTERNAL_IDENTIFIER):
         if ei.get("value") == "1.42.20120430135820.37.0.2":
             ei.set("value", "1.42.20120430135820.37.0.1")
@@ -306,9 +362,11 @@ def test_iti42_concurrent_same_submission_set_unique_id(registry_engine) -> None
     for thread in threads:
         thread.join(timeout=60)
 
-    assert sorted(results) == sorted([(ebrim.SUCCESS, []),
-                                      (ebrim.FAILURE, ["XDSDuplicateUniqueIdInRegistry"])])
+    assert sorted(results) == sorted(
+        [(ebrim.SUCCESS, []), (ebrim.FAILURE, ["XDSDuplicateUniqueIdInRegistry"])]
+    )
     with registry_engine.connect() as connection:
-        count = connection.execute(select(func.count()).where(
-            registry_objects.c.kind == "SubmissionSet")).scalar_one()
+        count = connection.execute(
+            select(func.count()).where(registry_objects.c.kind == "SubmissionSet")
+        ).scalar_one()
     assert count == 1

@@ -89,9 +89,13 @@ def _second_submission_set(submission: Submission) -> None:
     package.set("id", "urn:uuid:aabbccdd-bdda-424e-8c96-000000000001")
     submission.request[0].append(package)
     # Label it with a nested SubmissionSet node so that it counts as a SubmissionSet.
-    etree.SubElement(package, RIM_CLASSIFICATION, id="cl-second",
-                     classifiedObject=package.get("id"),
-                     classificationNode=ebrim.SUBMISSION_SET_NODE)
+    etree.SubElement(
+        package,
+        RIM_CLASSIFICATION,
+        id="cl-second",
+        classifiedObject=package.get("id"),
+        classificationNode=ebrim.SUBMISSION_SET_NODE,
+    )
 
 
 def _set_identifier(scheme: str, value: str) -> Callable[[Submission], None]:
@@ -100,6 +104,7 @@ def _set_identifier(scheme: str, value: str) -> Callable[[Submission], None]:
             if ei.get("identificationScheme") == scheme:
                 ei.set("value", value)
                 return
+
     return mutate
 
 
@@ -130,8 +135,13 @@ def _bad_creation_time(submission: Submission) -> None:
 
 def _limited_metadata(submission: Submission) -> None:
     entry = _first_entry(submission)
-    etree.SubElement(entry, RIM_CLASSIFICATION, id="lm", classifiedObject=entry.get("id"),
-                     classificationNode=ebrim.DE_LIMITED_METADATA)
+    etree.SubElement(
+        entry,
+        RIM_CLASSIFICATION,
+        id="lm",
+        classifiedObject=entry.get("id"),
+        classificationNode=ebrim.DE_LIMITED_METADATA,
+    )
 
 
 def _two_coding_schemes(submission: Submission) -> None:
@@ -152,11 +162,30 @@ MUTATIONS = [
     # (mutation, role, expected code, words the codeContext must contain)
     (_remove_class_code, "repository", "XDSRepositoryMetadataError", "classCode"),
     (_remove_class_code, "registry", "XDSRegistryMetadataError", "classCode"),
-    (_second_submission_set, "repository", "XDSRepositoryMetadataError", "exactly one SubmissionSet"),
-    (_set_identifier(ebrim.DE_PATIENT_ID, "12345"), "repository", "XDSRepositoryMetadataError", "CX"),
-    (_set_identifier(ebrim.DE_PATIENT_ID, "other^^^&1.2.3&ISO"), "repository",
-     "XDSPatientIdDoesNotMatch", "patientId"),
-    (_set_identifier(ebrim.SS_SOURCE_ID, "not an oid"), "registry", "XDSRegistryMetadataError", "sourceId"),
+    (
+        _second_submission_set,
+        "repository",
+        "XDSRepositoryMetadataError",
+        "exactly one SubmissionSet",
+    ),
+    (
+        _set_identifier(ebrim.DE_PATIENT_ID, "12345"),
+        "repository",
+        "XDSRepositoryMetadataError",
+        "CX",
+    ),
+    (
+        _set_identifier(ebrim.DE_PATIENT_ID, "other^^^&1.2.3&ISO"),
+        "repository",
+        "XDSPatientIdDoesNotMatch",
+        "patientId",
+    ),
+    (
+        _set_identifier(ebrim.SS_SOURCE_ID, "not an oid"),
+        "registry",
+        "XDSRegistryMetadataError",
+        "sourceId",
+    ),
     (_on_demand, "repository", "XDSRepositoryMetadataError", "On-Demand"),
     (_long_slot, "repository", "XDSRepositoryMetadataError", "256"),
     (_duplicate_slot, "repository", "XDSRepositoryMetadataError", "more than once"),
@@ -207,9 +236,17 @@ def test_document_entry_without_has_member_is_rejected() -> None:
     assert any("HasMember" in e.code_context for e in errors)
 
 
-@pytest.mark.parametrize("value, ok", [
-    ("2005", True), ("20051224", True), ("20051224235959", True),
-    ("20051324", False), ("2005122", False), ("2005-12-24", False), ("20051224246000", False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("2005", True),
+        ("20051224", True),
+        ("20051224235959", True),
+        ("20051324", False),
+        ("2005122", False),
+        ("2005-12-24", False),
+        ("20051224246000", False),
+    ],
+)
 def test_dtm_format(value: str, ok: bool) -> None:
     assert is_dtm(value) is ok

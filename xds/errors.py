@@ -154,7 +154,9 @@ def registry_response(errors: list[RegistryError], status: str | None = None) ->
 def parse_errors(element: _Element) -> list[RegistryError]:
     """The RegistryError entries of any RegistryResponse-typed element (also AdhocQueryResponse)."""
     errors = []
-    for item in element.iterfind(f"{ebrim.q('rs', 'RegistryErrorList')}/{ebrim.q('rs', 'RegistryError')}"):
+    for item in element.iterfind(
+        f"{ebrim.q('rs', 'RegistryErrorList')}/{ebrim.q('rs', 'RegistryError')}"
+    ):
         errors.append(
             RegistryError(
                 error_code=item.get("errorCode", ""),

@@ -39,7 +39,9 @@ CX = re.compile(r"^([^^&~|\\]+)\^\^\^&((0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+)&ISO$
 DTM = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2})?)?)?)?)?$")
 SHA1 = re.compile(r"^[0-9a-fA-F]{40}$")
 INTEGER = re.compile(r"^[0-9]+$")
-UUID_URN = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+UUID_URN = re.compile(
+    r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 
 MAX_SLOT_VALUE = 256  # rim.xsd LongName
 MAX_OID = 64
@@ -58,8 +60,16 @@ DE_REQUIRED_CODES = (
 DE_OPTIONAL_CODES = ((ebrim.DE_EVENT_CODE, "eventCodeList"),)
 # Slots that carry a single value when present.
 DE_SINGLE_SLOTS = (
-    "creationTime", "hash", "size", "repositoryUniqueId", "languageCode", "sourcePatientId",
-    "serviceStartTime", "serviceStopTime", "legalAuthenticator", "URI",
+    "creationTime",
+    "hash",
+    "size",
+    "repositoryUniqueId",
+    "languageCode",
+    "sourcePatientId",
+    "serviceStartTime",
+    "serviceStopTime",
+    "legalAuthenticator",
+    "URI",
 )
 ROLES = ("repository", "registry")
 
@@ -146,7 +156,9 @@ class _Validator:
         for folder in submission.folders:
             self.common(folder, "Folder")
             if folder.has_node(FOLDER_LIMITED_METADATA):
-                self.error(f"Folder {folder.id} is marked limitedMetadata, not allowed in XDS", folder.id)
+                self.error(
+                    f"Folder {folder.id} is marked limitedMetadata, not allowed in XDS", folder.id
+                )
         for association in submission.associations:
             self.association(association)
         for classification in submission.classifications:
@@ -216,17 +228,28 @@ class _Validator:
     def single_slot(self, view: RegistryObjectView, name: str, label: str) -> str | None:
         values = view.slot(name)
         if len(values) > 1:
-            self.error(f"{label}: slot '{name}' has {len(values)} values; exactly one is allowed", view.id)
+            self.error(
+                f"{label}: slot '{name}' has {len(values)} values; exactly one is allowed", view.id
+            )
         return values[0] if values else None
 
     def required_slot(self, view: RegistryObjectView, name: str, label: str) -> str | None:
         value = self.single_slot(view, name, label)
         if not value:
-            self.error(f"{label}: required attribute {name} (slot '{name}') is missing or empty", view.id)
+            self.error(
+                f"{label}: required attribute {name} (slot '{name}') is missing or empty", view.id
+            )
         return value
 
-    def coded(self, view: RegistryObjectView, scheme: str, attribute: str, label: str,
-              minimum: int, maximum: int | None) -> None:
+    def coded(
+        self,
+        view: RegistryObjectView,
+        scheme: str,
+        attribute: str,
+        label: str,
+        minimum: int,
+        maximum: int | None,
+    ) -> None:
         elements = view.classification_elements(scheme)
         if len(elements) < minimum:
             self.error(f"{label}: required attribute {attribute} is missing", view.id)
@@ -238,19 +261,26 @@ class _Validator:
         for element in elements:
             code = code_of(element)
             if not code.code:
-                self.error(f"{label}: {attribute} has an empty nodeRepresentation (the code)", view.id)
+                self.error(
+                    f"{label}: {attribute} has an empty nodeRepresentation (the code)", view.id
+                )
             schemes = slot_values(element, "codingScheme")
             if len(schemes) != 1 or not schemes[0]:
                 self.error(
-                    f"{label}: {attribute} '{code.code}' needs exactly one codingScheme slot value; "
-                    f"it has {len(schemes)}",
+                    f"{label}: {attribute} '{code.code}' needs exactly one codingScheme "
+                    f"slot value; it has {len(schemes)}",
                     view.id,
                 )
 
-    def identifier(self, view: RegistryObjectView, scheme: str, name: str, label: str) -> str | None:
+    def identifier(
+        self, view: RegistryObjectView, scheme: str, name: str, label: str
+    ) -> str | None:
         value = view.external_identifier(scheme)
         if not value:
-            self.error(f"{label}: required attribute {name} (ExternalIdentifier {scheme}) is missing", view.id)
+            self.error(
+                f"{label}: required attribute {name} (ExternalIdentifier {scheme}) is missing",
+                view.id,
+            )
         return value
 
     def cx(self, value: str | None, attribute: str, label: str, location: str) -> None:
@@ -262,7 +292,10 @@ class _Validator:
 
     def dtm(self, value: str | None, attribute: str, label: str, location: str) -> None:
         if value and not is_dtm(value):
-            self.error(f"{label}: {attribute} '{value}' is not a DTM (YYYY[MM[DD[hh[mm[ss]]]]], UTC)", location)
+            self.error(
+                f"{label}: {attribute} '{value}' is not a DTM (YYYY[MM[DD[hh[mm[ss]]]]], UTC)",
+                location,
+            )
 
     # -- DocumentEntry ---------------------------------------------------------------------
 
@@ -271,7 +304,9 @@ class _Validator:
         self.common(entry, "DocumentEntry")
 
         if entry.object_type == ebrim.DOCUMENT_ENTRY_ON_DEMAND:
-            self.error(f"{label} is an On-Demand DocumentEntry; only stable entries are accepted", entry.id)
+            self.error(
+                f"{label} is an On-Demand DocumentEntry; only stable entries are accepted", entry.id
+            )
         elif entry.object_type != ebrim.DOCUMENT_ENTRY_STABLE:
             self.error(
                 f"{label}: objectType '{entry.object_type or ''}' is not the stable DocumentEntry "
@@ -288,11 +323,15 @@ class _Validator:
         for scheme, attribute in DE_OPTIONAL_CODES:
             self.coded(entry, scheme, attribute, label, 0, None)
 
-        patient_id = self.identifier(entry, ebrim.DE_PATIENT_ID, "XDSDocumentEntry.patientId", label)
+        patient_id = self.identifier(
+            entry, ebrim.DE_PATIENT_ID, "XDSDocumentEntry.patientId", label
+        )
         self.cx(patient_id, "patientId", label, entry.id)
         unique_id = self.identifier(entry, ebrim.DE_UNIQUE_ID, "XDSDocumentEntry.uniqueId", label)
         if unique_id and (len(unique_id) > MAX_DOCUMENT_UNIQUE_ID or " " in unique_id):
-            self.error(f"{label}: uniqueId '{unique_id}' is longer than 128 or has spaces", entry.id)
+            self.error(
+                f"{label}: uniqueId '{unique_id}' is longer than 128 or has spaces", entry.id
+            )
 
         for name in DE_SINGLE_SLOTS:
             self.single_slot(entry, name, label)
@@ -311,7 +350,9 @@ class _Validator:
             for name in ("hash", "size", "repositoryUniqueId"):
                 self.required_slot(entry, name, label)
         if entry.hash and not SHA1.match(entry.hash):
-            self.error(f"{label}: hash '{entry.hash}' is not 40 hexadecimal digits (SHA-1)", entry.id)
+            self.error(
+                f"{label}: hash '{entry.hash}' is not 40 hexadecimal digits (SHA-1)", entry.id
+            )
         if entry.size and not INTEGER.match(entry.size):
             self.error(f"{label}: size '{entry.size}' is not a non-negative integer", entry.id)
         if entry.repository_unique_id and not is_oid(entry.repository_unique_id):
@@ -327,7 +368,9 @@ class _Validator:
         label = f"SubmissionSet {submission_set.id}"
         self.common(submission_set, "SubmissionSet")
         if submission_set.has_node(ebrim.SS_LIMITED_METADATA):
-            self.error(f"{label} is marked limitedMetadata, which XDS does not accept", submission_set.id)
+            self.error(
+                f"{label} is marked limitedMetadata, which XDS does not accept", submission_set.id
+            )
 
         self.coded(submission_set, ebrim.SS_CONTENT_TYPE_CODE, "contentTypeCode", label, 1, 1)
         patient_id = self.identifier(
@@ -340,7 +383,10 @@ class _Validator:
         ):
             value = self.identifier(submission_set, scheme, name, label)
             if value and not is_oid(value):
-                self.error(f"{label}: {name} '{value}' is not an OID of at most {MAX_OID} characters", submission_set.id)
+                self.error(
+                    f"{label}: {name} '{value}' is not an OID of at most {MAX_OID} characters",
+                    submission_set.id,
+                )
         submission_time = self.required_slot(submission_set, "submissionTime", label)
         self.dtm(submission_time, "submissionTime", label, submission_set.id)
 
@@ -370,7 +416,8 @@ class _Validator:
         if submission_set is None:
             return
         members = {
-            a.target for a in self.submission.associations
+            a.target
+            for a in self.submission.associations
             if a.association_type == ebrim.HAS_MEMBER and a.source == submission_set.id
         }
         for entry in self.submission.document_entries:
@@ -398,7 +445,9 @@ class _Validator:
     def unique_ids(self) -> None:
         seen: dict[str, str] = {}
         objects: list[RegistryObjectView] = [
-            *self.submission.document_entries, *self.submission.submission_sets, *self.submission.folders,
+            *self.submission.document_entries,
+            *self.submission.submission_sets,
+            *self.submission.folders,
         ]
         for view in objects:
             unique_id = view.unique_id  # type: ignore[attr-defined]

@@ -120,7 +120,9 @@ class Parameters:
             try:
                 values = [parse_value(value.text or "") for value in slot.iter(RIM_VALUE)]
             except ValueError as exc:
-                raise XdsError(ErrorCode.XDSRegistryError, f"parameter {name}: {exc}", name)
+                raise XdsError(
+                    ErrorCode.XDSRegistryError, f"parameter {name}: {exc}", name
+                ) from exc
             groups.setdefault(name, []).extend(values)
         return cls(groups)
 
@@ -218,7 +220,9 @@ def get_associations(connection: Connection, parameters: Parameters) -> list:
     uuids = parameters.required("$uuid")
     query = select(registry_objects).where(
         registry_objects.c.kind == KIND_ASSOCIATION,
-        or_(registry_objects.c.source_object.in_(uuids), registry_objects.c.target_object.in_(uuids)),
+        or_(
+            registry_objects.c.source_object.in_(uuids), registry_objects.c.target_object.in_(uuids)
+        ),
     )
     return list(connection.execute(query.order_by(registry_objects.c.entry_uuid)))
 
@@ -226,24 +230,33 @@ def get_associations(connection: Connection, parameters: Parameters) -> list:
 def get_submission_sets(connection: Connection, parameters: Parameters) -> list:
     """The SubmissionSets with a HasMember to the given objects, and those Associations."""
     uuids = parameters.required("$uuid")
-    associations = list(connection.execute(
-        select(registry_objects)
-        .where(
-            registry_objects.c.kind == KIND_ASSOCIATION,
-            registry_objects.c.association_type == ebrim.HAS_MEMBER,
-            registry_objects.c.target_object.in_(uuids),
+    associations = list(
+        connection.execute(
+            select(registry_objects)
+            .where(
+                registry_objects.c.kind == KIND_ASSOCIATION,
+                registry_objects.c.association_type == ebrim.HAS_MEMBER,
+                registry_objects.c.target_object.in_(uuids),
+            )
+            .order_by(registry_objects.c.entry_uuid)
         )
-        .order_by(registry_objects.c.entry_uuid)
-    ))
+    )
     sources = sorted({row.source_object for row in associations})
-    submission_sets = list(connection.execute(
-        select(registry_objects).where(
-            registry_objects.c.kind == KIND_SUBMISSION_SET,
-            registry_objects.c.entry_uuid.in_(sources),
-        ).order_by(registry_objects.c.entry_uuid)
-    ))
-    member_links = [row for row in associations if row.source_object in
-                    {ss.entry_uuid for ss in submission_sets}]
+    submission_sets = list(
+        connection.execute(
+            select(registry_objects)
+            .where(
+                registry_objects.c.kind == KIND_SUBMISSION_SET,
+                registry_objects.c.entry_uuid.in_(sources),
+            )
+            .order_by(registry_objects.c.entry_uuid)
+        )
+    )
+    member_links = [
+        row
+        for row in associations
+        if row.source_object in {ss.entry_uuid for ss in submission_sets}
+    ]
     return submission_sets + member_links
 
 
@@ -289,25 +302,43 @@ def stored_query(engine: Engine, adhoc_query_request: _Element) -> _Element:
     ITI TF-2 3.18.4.1 (request), 3.18.4.1.3 (response), ITI TF-3 Table 4.2.4.1-2.
     """
     option = adhoc_query_request.find(ebrim.q("query", "ResponseOption"))
-    return_type = option.get("returnType", ebrim.RETURN_OBJECT_REF) if option is not None else (
-        ebrim.RETURN_OBJECT_REF
+    return_type = (
+        option.get("returnType", ebrim.RETURN_OBJECT_REF)
+        if option is not None
+        else (ebrim.RETURN_OBJECT_REF)
     )
     adhoc_query = adhoc_query_request.find(ebrim.q("rim", "AdhocQuery"))
     if adhoc_query is None:
-        return _failure([RegistryError(
-            ErrorCode.XDSRegistryError, "AdhocQueryRequest without rim:AdhocQuery", None)])
+        return _failure(
+            [
+                RegistryError(
+                    ErrorCode.XDSRegistryError, "AdhocQueryRequest without rim:AdhocQuery", None
+                )
+            ]
+        )
     query_id = adhoc_query.get("id", "")
     query = QUERIES.get(query_id)
     if query is None:
-        return _failure([RegistryError(
-            ErrorCode.XDSUnknownStoredQuery,
-            f"stored query {query_id} is not supported; this registry answers FindDocuments, "
-            "GetDocuments, GetSubmissionSets and GetAssociations",
-            query_id,
-        )])
+        return _failure(
+            [
+                RegistryError(
+                    ErrorCode.XDSUnknownStoredQuery,
+                    f"stored query {query_id} is not supported; this registry answers "
+                    "FindDocuments, GetDocuments, GetSubmissionSets and GetAssociations",
+                    query_id,
+                )
+            ]
+        )
     if return_type not in (ebrim.RETURN_LEAF_CLASS, ebrim.RETURN_OBJECT_REF):
-        return _failure([RegistryError(
-            ErrorCode.XDSRegistryError, f"returnType {return_type} is not supported", return_type)])
+        return _failure(
+            [
+                RegistryError(
+                    ErrorCode.XDSRegistryError,
+                    f"returnType {return_type} is not supported",
+                    return_type,
+                )
+            ]
+        )
 
     try:
         parameters = Parameters.parse(adhoc_query)

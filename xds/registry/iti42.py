@@ -148,32 +148,44 @@ def _check_against_registry(connection: Connection, submission: Submission) -> N
     errors: list[RegistryError] = []
     new_ids = [
         view.id
-        for view in (*submission.document_entries, *submission.submission_sets,
-                     *submission.folders, *submission.associations)
+        for view in (
+            *submission.document_entries,
+            *submission.submission_sets,
+            *submission.folders,
+            *submission.associations,
+        )
     ]
-    taken = connection.execute(
-        select(registry_objects.c.entry_uuid).where(registry_objects.c.entry_uuid.in_(new_ids))
-    ).scalars().all()
+    taken = (
+        connection.execute(
+            select(registry_objects.c.entry_uuid).where(registry_objects.c.entry_uuid.in_(new_ids))
+        )
+        .scalars()
+        .all()
+    )
     for entry_uuid in taken:
-        errors.append(RegistryError(
-            ErrorCode.XDSRegistryMetadataError,
-            f"entryUUID {entry_uuid} is already used by a registered object; a new object "
-            "needs a new entryUUID (or a symbolic id)",
-            entry_uuid,
-        ))
+        errors.append(
+            RegistryError(
+                ErrorCode.XDSRegistryMetadataError,
+                f"entryUUID {entry_uuid} is already used by a registered object; a new object "
+                "needs a new entryUUID (or a symbolic id)",
+                entry_uuid,
+            )
+        )
 
     for entry in submission.document_entries:
         errors.extend(_check_document_unique_id(connection, entry))
     for package in (*submission.submission_sets, *submission.folders):
         existing = _registered_unique_id(connection, package.unique_id)  # type: ignore[attr-defined]
         if existing is not None:
-            errors.append(RegistryError(
-                ErrorCode.XDSDuplicateUniqueIdInRegistry,
-                f"{type(package).__name__} {package.id}: uniqueId "
-                f"{package.unique_id} is already used by "  # type: ignore[attr-defined]
-                f"{existing.kind} {existing.entry_uuid}",
-                package.unique_id,  # type: ignore[attr-defined]
-            ))
+            errors.append(
+                RegistryError(
+                    ErrorCode.XDSDuplicateUniqueIdInRegistry,
+                    f"{type(package).__name__} {package.id}: uniqueId "
+                    f"{package.unique_id} is already used by "  # type: ignore[attr-defined]
+                    f"{existing.kind} {existing.entry_uuid}",
+                    package.unique_id,  # type: ignore[attr-defined]
+                )
+            )
     for association in submission.associations:
         errors.extend(_check_association(connection, submission, association))
 
@@ -193,27 +205,33 @@ def _check_document_unique_id(connection: Connection, entry: DocumentEntry) -> l
     if existing is None:
         return []
     if existing.kind != KIND_DOCUMENT_ENTRY:
-        return [RegistryError(
-            ErrorCode.XDSDuplicateUniqueIdInRegistry,
-            f"DocumentEntry {entry.id}: uniqueId {entry.unique_id} is already used by "
-            f"{existing.kind} {existing.entry_uuid}",
-            entry.unique_id,
-        )]
+        return [
+            RegistryError(
+                ErrorCode.XDSDuplicateUniqueIdInRegistry,
+                f"DocumentEntry {entry.id}: uniqueId {entry.unique_id} is already used by "
+                f"{existing.kind} {existing.entry_uuid}",
+                entry.unique_id,
+            )
+        ]
     errors = []
     if (existing.hash or "").lower() != (entry.hash or "").lower():
-        errors.append(RegistryError(
-            ErrorCode.XDSNonIdenticalHash,
-            f"document uniqueId {entry.unique_id} is already registered with hash "
-            f"{existing.hash}; this submission gives {entry.hash}",
-            entry.unique_id,
-        ))
+        errors.append(
+            RegistryError(
+                ErrorCode.XDSNonIdenticalHash,
+                f"document uniqueId {entry.unique_id} is already registered with hash "
+                f"{existing.hash}; this submission gives {entry.hash}",
+                entry.unique_id,
+            )
+        )
     if existing.size != int(entry.size or -1):
-        errors.append(RegistryError(
-            ErrorCode.XDSNonIdenticalSize,
-            f"document uniqueId {entry.unique_id} is already registered with size "
-            f"{existing.size}; this submission gives {entry.size}",
-            entry.unique_id,
-        ))
+        errors.append(
+            RegistryError(
+                ErrorCode.XDSNonIdenticalSize,
+                f"document uniqueId {entry.unique_id} is already registered with size "
+                f"{existing.size}; this submission gives {entry.size}",
+                entry.unique_id,
+            )
+        )
     return errors
 
 
@@ -230,12 +248,14 @@ def _check_association(
             select(registry_objects).where(registry_objects.c.entry_uuid == end)
         ).first()
         if row is None:
-            errors.append(RegistryError(
-                ErrorCode.UnresolvedReferenceException,
-                f"Association {association.id} refers to {end}, which is neither in this "
-                "submission nor registered",
-                association.id,
-            ))
+            errors.append(
+                RegistryError(
+                    ErrorCode.UnresolvedReferenceException,
+                    f"Association {association.id} refers to {end}, which is neither in this "
+                    "submission nor registered",
+                    association.id,
+                )
+            )
         else:
             registered[end] = row
     if errors or association.association_type not in RELATIONSHIPS_NEEDING_TARGET:
@@ -244,28 +264,34 @@ def _check_association(
     target = registered.get(association.target)
     source = submission.objects_by_id.get(association.source or "")
     if target is None or target.kind != KIND_DOCUMENT_ENTRY:
-        return [RegistryError(
-            ErrorCode.XDSRegistryMetadataError,
-            f"Association {association.id} ({association.association_type}) must target a "
-            f"registered DocumentEntry; {association.target} is not one",
-            association.id,
-        )]
+        return [
+            RegistryError(
+                ErrorCode.XDSRegistryMetadataError,
+                f"Association {association.id} ({association.association_type}) must target a "
+                f"registered DocumentEntry; {association.target} is not one",
+                association.id,
+            )
+        ]
     if association.association_type in ebrim.REPLACING_RELATIONSHIPS and (
         target.status != ebrim.STATUS_APPROVED
     ):
-        errors.append(RegistryError(
-            ErrorCode.XDSRegistryDeprecatedDocumentError,
-            f"Association {association.id} replaces DocumentEntry {target.entry_uuid} "
-            f"(uniqueId {target.unique_id}), which is not Approved",
-            target.entry_uuid,
-        ))
+        errors.append(
+            RegistryError(
+                ErrorCode.XDSRegistryDeprecatedDocumentError,
+                f"Association {association.id} replaces DocumentEntry {target.entry_uuid} "
+                f"(uniqueId {target.unique_id}), which is not Approved",
+                target.entry_uuid,
+            )
+        )
     if isinstance(source, DocumentEntry) and source.patient_id != target.patient_id:
-        errors.append(RegistryError(
-            ErrorCode.XDSPatientIdDoesNotMatch,
-            f"Association {association.id}: DocumentEntry {source.id} and its target "
-            f"{target.entry_uuid} belong to different patients",
-            source.id,
-        ))
+        errors.append(
+            RegistryError(
+                ErrorCode.XDSPatientIdDoesNotMatch,
+                f"Association {association.id}: DocumentEntry {source.id} and its target "
+                f"{target.entry_uuid} belong to different patients",
+                source.id,
+            )
+        )
     return errors
 
 
@@ -285,8 +311,9 @@ def _codes_of(view: RegistryObjectView) -> list[dict]:
             continue
         schemes = view.classifications(scheme)
         coding_scheme = next((c.scheme for c in schemes if c.code == code), None) or ""
-        rows.append({"entry_uuid": view.id, "scheme": scheme, "code": code,
-                     "coding_scheme": coding_scheme})
+        rows.append(
+            {"entry_uuid": view.id, "scheme": scheme, "code": code, "coding_scheme": coding_scheme}
+        )
     return rows
 
 
@@ -297,43 +324,79 @@ def _store(connection: Connection, submission: Submission) -> None:
     base = {column.name: None for column in registry_objects.columns}
 
     for entry in submission.document_entries:
-        objects.append({
-            **base, "entry_uuid": entry.id, "kind": KIND_DOCUMENT_ENTRY,
-            "unique_id": entry.unique_id, "patient_id": entry.patient_id,
-            "status": ebrim.STATUS_APPROVED, "object_type": entry.object_type,
-            "mime_type": entry.mime_type, "hash": (entry.hash or "").lower(),
-            "size": int(entry.size or 0), "repository_unique_id": entry.repository_unique_id,
-            "creation_time": entry.creation_time, "service_start_time": entry.service_start_time,
-            "service_stop_time": entry.service_stop_time, "xml": _xml(entry.element),
-        })
+        objects.append(
+            {
+                **base,
+                "entry_uuid": entry.id,
+                "kind": KIND_DOCUMENT_ENTRY,
+                "unique_id": entry.unique_id,
+                "patient_id": entry.patient_id,
+                "status": ebrim.STATUS_APPROVED,
+                "object_type": entry.object_type,
+                "mime_type": entry.mime_type,
+                "hash": (entry.hash or "").lower(),
+                "size": int(entry.size or 0),
+                "repository_unique_id": entry.repository_unique_id,
+                "creation_time": entry.creation_time,
+                "service_start_time": entry.service_start_time,
+                "service_stop_time": entry.service_stop_time,
+                "xml": _xml(entry.element),
+            }
+        )
         codes.extend(_codes_of(entry))
         if _registered_unique_id(connection, entry.unique_id) is None:
-            unique_ids.append({"unique_id": entry.unique_id, "kind": KIND_DOCUMENT_ENTRY,
-                               "entry_uuid": entry.id, "hash": (entry.hash or "").lower(),
-                               "size": int(entry.size or 0)})
+            unique_ids.append(
+                {
+                    "unique_id": entry.unique_id,
+                    "kind": KIND_DOCUMENT_ENTRY,
+                    "entry_uuid": entry.id,
+                    "hash": (entry.hash or "").lower(),
+                    "size": int(entry.size or 0),
+                }
+            )
 
-    for kind, packages in ((KIND_SUBMISSION_SET, submission.submission_sets),
-                           (KIND_FOLDER, submission.folders)):
+    for kind, packages in (
+        (KIND_SUBMISSION_SET, submission.submission_sets),
+        (KIND_FOLDER, submission.folders),
+    ):
         for package in packages:
-            objects.append({
-                **base, "entry_uuid": package.id, "kind": kind,
-                "unique_id": package.unique_id, "patient_id": package.patient_id,  # type: ignore[attr-defined]
-                "status": ebrim.STATUS_APPROVED,
-                "submission_time": package.first_slot_value("submissionTime"),
-                "source_id": package.external_identifier(ebrim.SS_SOURCE_ID),
-                "xml": _xml(package.element),
-            })
+            objects.append(
+                {
+                    **base,
+                    "entry_uuid": package.id,
+                    "kind": kind,
+                    "unique_id": package.unique_id,
+                    "patient_id": package.patient_id,  # type: ignore[attr-defined]
+                    "status": ebrim.STATUS_APPROVED,
+                    "submission_time": package.first_slot_value("submissionTime"),
+                    "source_id": package.external_identifier(ebrim.SS_SOURCE_ID),
+                    "xml": _xml(package.element),
+                }
+            )
             codes.extend(_codes_of(package))
-            unique_ids.append({"unique_id": package.unique_id, "kind": kind,  # type: ignore[attr-defined]
-                               "entry_uuid": package.id, "hash": None, "size": None})
+            unique_ids.append(
+                {
+                    "unique_id": package.unique_id,
+                    "kind": kind,  # type: ignore[attr-defined]
+                    "entry_uuid": package.id,
+                    "hash": None,
+                    "size": None,
+                }
+            )
 
     for association in submission.associations:
-        objects.append({
-            **base, "entry_uuid": association.id, "kind": KIND_ASSOCIATION,
-            "status": ebrim.STATUS_APPROVED, "association_type": association.association_type,
-            "source_object": association.source, "target_object": association.target,
-            "xml": _xml(association.element),
-        })
+        objects.append(
+            {
+                **base,
+                "entry_uuid": association.id,
+                "kind": KIND_ASSOCIATION,
+                "status": ebrim.STATUS_APPROVED,
+                "association_type": association.association_type,
+                "source_object": association.source,
+                "target_object": association.target,
+                "xml": _xml(association.element),
+            }
+        )
 
     connection.execute(registry_objects.insert(), objects)
     if codes:
