@@ -24,8 +24,8 @@ REPOSITORY = "/xds/repository"
 
 
 @pytest.fixture
-def client(tmp_path):
-    settings = settings_for(tmp_path)
+def client(tmp_path, database_url):
+    settings = settings_for(tmp_path, storage__database_url=database_url)
     with TestClient(create_app(settings)) as test_client:
         test_client.settings = settings
         yield test_client

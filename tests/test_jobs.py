@@ -9,22 +9,22 @@ from xds.db import create_all, create_engine
 from xds.jobs import DONE, FAILED, QUEUED, RETRYING, RUNNING, JobQueue, ManifestLedger, publish_job
 
 
-def _queue(tmp_path):
-    engine = create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+def _queue(database_url):
+    engine = create_engine(database_url)
     create_all(engine)
     return JobQueue(engine), engine
 
 
-def test_enqueue_reuses_a_waiting_job(tmp_path):
-    queue, _ = _queue(tmp_path)
+def test_enqueue_reuses_a_waiting_job(database_url):
+    queue, _ = _queue(database_url)
     first = queue.enqueue("1.2.3", reason="test")
     assert queue.enqueue("1.2.3", reason="again") == first
     assert queue.enqueue("1.2.4", reason="other") != first
     assert queue.get(first).state == QUEUED
 
 
-def test_claim_finish_and_fail(tmp_path):
-    queue, _ = _queue(tmp_path)
+def test_claim_finish_and_fail(database_url):
+    queue, _ = _queue(database_url)
     a = queue.enqueue("1.2.3", reason="test")
     b = queue.enqueue("1.2.4", reason="test")
     job = queue.claim()
@@ -37,8 +37,8 @@ def test_claim_finish_and_fail(tmp_path):
     assert queue.get(a).document_unique_id == "9.9.9"
 
 
-def test_retry_waits_for_its_back_off(tmp_path):
-    queue, engine = _queue(tmp_path)
+def test_retry_waits_for_its_back_off(database_url):
+    queue, engine = _queue(database_url)
     job_id = queue.enqueue("1.2.3", reason="test")
     queue.claim()
     queue.retry_later(job_id, "XDSRegistryNotAvailable")
@@ -51,8 +51,8 @@ def test_retry_waits_for_its_back_off(tmp_path):
     assert (again.id, again.attempts) == (job_id, 2)
 
 
-def test_a_dead_workers_job_is_claimed_again_after_its_lease(tmp_path):
-    queue, engine = _queue(tmp_path)
+def test_a_dead_workers_job_is_claimed_again_after_its_lease(database_url):
+    queue, engine = _queue(database_url)
     job_id = queue.enqueue("1.2.3", reason="test")
     assert queue.claim().id == job_id
     assert queue.claim() is None  # leased to the first worker
@@ -61,8 +61,8 @@ def test_a_dead_workers_job_is_claimed_again_after_its_lease(tmp_path):
     assert queue.claim().id == job_id
 
 
-def test_concurrent_workers_claim_each_job_once(tmp_path):
-    queue, _ = _queue(tmp_path)
+def test_concurrent_workers_claim_each_job_once(database_url):
+    queue, _ = _queue(database_url)
     for n in range(20):
         queue.enqueue(f"1.2.{n}", reason="test")
     claimed, lock = [], threading.Lock()
@@ -80,8 +80,8 @@ def test_concurrent_workers_claim_each_job_once(tmp_path):
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 20
 
 
-def test_ledger_keeps_one_current_manifest_per_study(tmp_path):
-    _, engine = _queue(tmp_path)
+def test_ledger_keeps_one_current_manifest_per_study(database_url):
+    _, engine = _queue(database_url)
     ledger = ManifestLedger(engine)
     assert ledger.current("1.2.3") is None
     ledger.record("1.2.3", "2.25.1", "urn:uuid:a", 10)
