@@ -1,0 +1,293 @@
+"""WADO-RS (RAD-107) and WADO-URI (RAD-55) against an archive loaded with NIST DEPT studies.
+
+The archive is real (SQLite index + file blob store); responses are checked byte for byte
+against the instances the archive stores.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from tests.conftest import NIST_IDS
+
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+
+# DEPT002: MR, 2 series (20 + 16), Explicit VR LE; DEPT021: XA, 1 instance, JPEG Lossless;
+# DEPT024: PT, 1 series of 10.
+STUDY_002 = "1.3.6.1.4.1.21367.201599.1.201604020954059"
+STUDY_021 = "1.3.6.1.4.1.21367.201599.1.201604020955043"
+STUDY_024 = "1.3.6.1.4.1.21367.201599.1.201604020956016"
+DEPT_FOLDERS = ("IDS-DEPT002-a", "IDS-DEPT021-a", "IDS-DEPT024-a")
+
+
+def load_archive(root: Path, folders=DEPT_FOLDERS):
+    """A fresh archive (SQLite + FileBlobStore under ``root``) holding the named DEPT studies."""
+    from dicom.archive import Archive
+    from dicom.importer import import_paths
+    from dicom.index import create_index_tables
+    from xds.blobstore import FileBlobStore
+    from xds.db import create_engine
+
+    engine = create_engine(f"sqlite:///{root / 'index.db'}")
+    create_index_tables(engine)
+    archive = Archive(engine, FileBlobStore(root / "blobs"))
+    import_paths([NIST_IDS / folder / "images" for folder in folders], archive)
+    return archive
+
+
+def stored_bytes(archive, sop_uid: str) -> bytes:
+    with archive.open_instance(sop_uid) as f:
+        return f.read()
+
+
+def parse_multipart(response) -> list[tuple[dict[str, str], bytes]]:
+    """An independent reader of a multipart/related body: (headers, content) per part."""
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("multipart/related")
+    assert 'type="application/dicom"' in content_type
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type).group(1).encode()
+
+    body = response.content
+    assert body.rstrip(b"\r\n").endswith(b"--" + boundary + b"--")
+    parts = []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        assert chunk.startswith(b"\r\n") and chunk.endswith(b"\r\n")
+        head, _, content = chunk[2:-2].partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode("ascii").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, content))
+    return parts
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return load_archive(tmp_path_factory.mktemp("wado-archive"))
+
+
+@pytest.fixture(scope="module")
+def client(archive):
+    from dicom.wado import wado_routes
+
+    with TestClient(Starlette(routes=wado_routes(archive))) as test_client:
+        yield test_client
+
+
+def series_uids(archive, study_uid: str) -> list[str]:
+    return sorted({r.series_instance_uid for r in archive.instances_of(study_uid)})
+
+
+# -- WADO-RS retrieve ----------------------------------------------------------------------------
+
+
+def test_study_retrieve_returns_every_stored_instance_byte_for_byte(archive, client):
+    response = client.get(f"/wado-rs/studies/{STUDY_002}", headers={"Accept": MULTIPART_DICOM})
+    assert response.status_code == 200
+
+    parts = parse_multipart(response)
+    records = {r.sop_instance_uid: r for r in archive.instances_of(STUDY_002)}
+    assert len(parts) == len(records) == 36
+
+    from pydicom import dcmread
+    from io import BytesIO
+
+    seen = set()
+    for headers, content in parts:
+        assert headers["content-type"].startswith("application/dicom")
+        sop_uid = dcmread(BytesIO(content), stop_before_pixels=True).SOPInstanceUID
+        assert content == stored_bytes(archive, sop_uid)
+        assert f"transfer-syntax={records[sop_uid].transfer_syntax_uid}" in headers["content-type"]
+        seen.add(sop_uid)
+    assert seen == set(records)
+
+
+def test_series_retrieve_returns_only_that_series(archive, client):
+    first, second = series_uids(archive, STUDY_002)
+    response = client.get(f"/wado-rs/studies/{STUDY_002}/series/{second}",
+                          headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"})
+    assert response.status_code == 200
+
+    expected = {r.sop_instance_uid for r in archive.instances_of(STUDY_002, second)}
+    contents = [content for _, content in parse_multipart(response)]
+    assert len(contents) == len(expected) == 16
+    assert sorted(contents) == sorted(stored_bytes(archive, uid) for uid in expected)
+
+
+def test_instance_retrieve_and_the_default_accept(archive, client):
+    record = archive.instances_of(STUDY_024)[3]
+    url = (f"/wado-rs/studies/{STUDY_024}/series/{record.series_instance_uid}"
+           f"/instances/{record.sop_instance_uid}")
+
+    # No Accept header at all: the server's default representation is multipart.
+    for headers in ({}, {"Accept": f"{MULTIPART_DICOM}; transfer-syntax={EXPLICIT_LE}"}):
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200
+        [(_, content)] = parse_multipart(response)
+        assert content == stored_bytes(archive, record.sop_instance_uid)
+
+    # A bare application/dicom is honoured for a single instance.
+    response = client.get(url, headers={"Accept": "application/dicom"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/dicom")
+    assert response.content == stored_bytes(archive, record.sop_instance_uid)
+
+
+def test_compressed_instance_is_served_as_stored_or_refused(archive, client):
+    [record] = archive.instances_of(STUDY_021)
+    url = f"/wado-rs/studies/{STUDY_021}/series/{record.series_instance_uid}"
+    assert record.transfer_syntax_uid == JPEG_LOSSLESS_SV1
+
+    accepted = client.get(url, headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"})
+    assert accepted.status_code == 200
+    [(headers, content)] = parse_multipart(accepted)
+    assert content == stored_bytes(archive, record.sop_instance_uid)
+    assert f"transfer-syntax={JPEG_LOSSLESS_SV1}" in headers["content-type"]
+
+    # Explicit VR LE would need decompression, which this service does not do: 406.
+    refused = client.get(url, headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax={EXPLICIT_LE}"})
+    assert refused.status_code == 406
+
+    # A list where a later entry is satisfiable picks that entry.
+    both = client.get(url, headers={
+        "Accept": f"{MULTIPART_DICOM}; transfer-syntax={EXPLICIT_LE}, "
+                  f"{MULTIPART_DICOM}; transfer-syntax={JPEG_LOSSLESS_SV1}; q=0.5"})
+    assert both.status_code == 200
+
+
+def test_unsupported_media_types_are_refused(client):
+    for accept in ("image/jpeg", 'multipart/related; type="image/jpeg"', "application/dicom"):
+        response = client.get(f"/wado-rs/studies/{STUDY_002}", headers={"Accept": accept})
+        assert response.status_code == 406, accept
+
+
+def test_unknown_or_misplaced_uids_are_404(archive, client):
+    first, second = series_uids(archive, STUDY_002)
+    in_second = archive.instances_of(STUDY_002, second)[0].sop_instance_uid
+    in_other_study = archive.instances_of(STUDY_024)[0]
+
+    for path in (
+        "/wado-rs/studies/1.2.3.4",
+        f"/wado-rs/studies/{STUDY_002}/series/1.2.3.4",
+        f"/wado-rs/studies/{STUDY_002}/series/{first}/instances/1.2.3.4",
+        f"/wado-rs/studies/{STUDY_002}/series/{first}/instances/{in_second}",  # wrong series
+        f"/wado-rs/studies/{STUDY_002}/series/{in_other_study.series_instance_uid}",  # wrong study
+        f"/wado-rs/studies/{STUDY_002}/series/{first}/instances/{in_second}/metadata",
+        "/wado-rs/studies/1.2.3.4/metadata",
+    ):
+        assert client.get(path).status_code == 404, path
+
+
+# -- WADO-RS metadata --------------------------------------------------------------------------
+
+
+def test_study_metadata_names_every_instance_without_pixel_data(archive, client):
+    response = client.get(f"/wado-rs/studies/{STUDY_002}/metadata",
+                          headers={"Accept": "application/dicom+json"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/dicom+json")
+
+    objects = response.json()
+    records = {r.sop_instance_uid: r for r in archive.instances_of(STUDY_002)}
+    assert len(objects) == len(records)
+    for obj in objects:
+        # Tags in the DICOM JSON model: 0020000D study, 0020000E series, 00080018 SOP instance.
+        assert obj["0020000D"]["Value"] == [STUDY_002]
+        record = records[obj["00080018"]["Value"][0]]
+        assert obj["0020000E"]["Value"] == [record.series_instance_uid]
+        assert obj["00080016"]["Value"] == [record.sop_class_uid]
+        assert "7FE00010" not in obj
+
+
+def test_instance_metadata_and_406_for_other_types(archive, client):
+    record = archive.instances_of(STUDY_021)[0]
+    base = (f"/wado-rs/studies/{STUDY_021}/series/{record.series_instance_uid}"
+            f"/instances/{record.sop_instance_uid}/metadata")
+
+    [obj] = client.get(base).json()
+    assert obj["00080018"]["Value"] == [record.sop_instance_uid]
+    assert obj["00280008"]["Value"] == [12]  # Number of Frames survives; pixels do not
+    assert "7FE00010" not in obj
+
+    assert client.get(base, headers={"Accept": "application/dicom+xml"}).status_code == 406
+
+
+# -- WADO-URI ----------------------------------------------------------------------------------
+
+
+def wado_uri(study: str | None, series: str | None, obj: str | None, **extra) -> dict:
+    params = {"requestType": "WADO", "contentType": "application/dicom", **extra}
+    for name, value in (("studyUID", study), ("seriesUID", series), ("objectUID", obj)):
+        if value is not None:
+            params[name] = value
+    return params
+
+
+def test_wado_uri_returns_the_stored_instance(archive, client):
+    for record in (archive.instances_of(STUDY_002)[5], archive.instances_of(STUDY_021)[0]):
+        response = client.get("/wado", params=wado_uri(record_study(archive, record),
+                                                        record.series_instance_uid,
+                                                        record.sop_instance_uid))
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/dicom")
+        assert response.content == stored_bytes(archive, record.sop_instance_uid)
+
+
+def record_study(archive, record) -> str:
+    for study in (STUDY_002, STUDY_021, STUDY_024):
+        if any(r.sop_instance_uid == record.sop_instance_uid for r in archive.instances_of(study)):
+            return study
+    raise AssertionError("record not in any loaded study")
+
+
+def test_wado_uri_bad_requests_are_400(archive, client):
+    record = archive.instances_of(STUDY_002)[0]
+    good = (STUDY_002, record.series_instance_uid, record.sop_instance_uid)
+
+    cases = [
+        {**wado_uri(*good), "requestType": "WADO-RS"},
+        {k: v for k, v in wado_uri(*good).items() if k != "requestType"},
+        wado_uri(None, good[1], good[2]),
+        wado_uri(good[0], None, good[2]),
+        wado_uri(good[0], good[1], None),
+        wado_uri(good[0], good[1], "1.2.abc"),
+    ]
+    for params in cases:
+        assert client.get("/wado", params=params).status_code == 400, params
+
+
+def test_wado_uri_unknown_objects_are_404(archive, client):
+    first, second = series_uids(archive, STUDY_002)
+    in_first = archive.instances_of(STUDY_002, first)[0].sop_instance_uid
+    other = archive.instances_of(STUDY_024)[0]
+
+    # The NIST ids_4810 exception cases: unknown SOP, SOP of another series, of another study,
+    # and empty study / series UIDs.
+    cases = [
+        wado_uri(STUDY_002, first, "1.2.3.4.5"),
+        wado_uri(STUDY_002, second, in_first),
+        wado_uri(STUDY_002, first, other.sop_instance_uid),
+        wado_uri("", first, in_first),
+        wado_uri(STUDY_002, "", in_first),
+        wado_uri("", "", in_first),
+    ]
+    for params in cases:
+        assert client.get("/wado", params=params).status_code == 404, params
+
+
+def test_wado_uri_rendered_content_types_are_not_available(archive, client):
+    record = archive.instances_of(STUDY_024)[0]
+    params = wado_uri(STUDY_024, record.series_instance_uid, record.sop_instance_uid,
+                      contentType="image/jpeg")
+    assert client.get("/wado", params=params).status_code == 406
+
+    params["transferSyntax"] = JPEG_LOSSLESS_SV1
+    params["contentType"] = "application/dicom"
+    assert client.get("/wado", params=params).status_code == 406
