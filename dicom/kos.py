@@ -15,10 +15,11 @@ than keyword assignment and gives the same dataset.
 from __future__ import annotations
 
 import copy
+import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import BinaryIO
 
 from pydicom import Dataset
@@ -160,6 +161,7 @@ def new_uid() -> UID:
     return UID(f"2.25.{uuid.uuid4().int}")
 
 
+@functools.lru_cache(maxsize=256)
 def value_type_for(sop_class_uid: str, number_of_frames: int | None = None) -> str:
     """The TID 2010 Value Type for a referenced instance: IMAGE, WAVEFORM or COMPOSITE.
 
@@ -212,7 +214,8 @@ def build_manifest(
     manufacturer : str
         *Manufacturer* (0008,0070).
     now : datetime, optional
-        Content Date/Time; default the current time. A naive value is taken as UTC.
+        Content Date/Time; default the current time. A naive value is taken as UTC. It is
+        written in the study's Timezone Offset From UTC if it has one, else in local time.
 
     Returns
     -------
@@ -251,12 +254,15 @@ def build_manifest(
     if institution_name:
         ds.InstitutionName = institution_name
 
-    # Key Object Document: Content Date/Time carry the offset so creationTime can be exact.
+    # Key Object Document. Timezone Offset From UTC applies to every date and time of the
+    # dataset: when the study has one (copied above), express the content time in it.
     ds.InstanceNumber = 1
+    study_offset = _utc_offset(ds.get("TimezoneOffsetFromUTC"))
+    # Without one, DICOM dates and times are local: write the server's local time, and add no
+    # offset, which would also change the meaning of the copied Study Date and Time.
+    now = now.astimezone(study_offset) if study_offset is not None else now.astimezone()
     ds.ContentDate = now.strftime("%Y%m%d")
     ds.ContentTime = now.strftime("%H%M%S.%f")
-    if "TimezoneOffsetFromUTC" not in ds:
-        ds.TimezoneOffsetFromUTC = now.strftime("%z")
     ds.CurrentRequestedProcedureEvidenceSequence = [
         _evidence_item(study_uid, series_order, retrieve_ae_title, retrieve_location_uid,
                        retrieve_url_base)
@@ -337,6 +343,15 @@ def manifest_summary(ds: Dataset) -> dict:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _utc_offset(value: object) -> timezone | None:
+    """The tzinfo of a Timezone Offset From UTC value ``&ZZXX``, or None if absent or invalid."""
+    text = str(value or "").strip()
+    if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit():
+        return None
+    minutes = int(text[1:3]) * 60 + int(text[3:5])
+    return timezone((-1 if text[0] == "-" else 1) * timedelta(minutes=minutes))
 
 
 def _group_by_series(references: Iterable[Reference]) -> dict[str, list[Reference]]:
