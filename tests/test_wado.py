@@ -291,3 +291,16 @@ def test_wado_uri_rendered_content_types_are_not_available(archive, client):
     params["transferSyntax"] = JPEG_LOSSLESS_SV1
     params["contentType"] = "application/dicom"
     assert client.get("/wado", params=params).status_code == 406
+
+
+def test_study_retrieve_is_streamed_in_bounded_chunks(client):
+    """The body reaches the server in pieces of at most one read chunk, never as one buffer."""
+    from dicom.wado import CHUNK
+
+    sizes = []
+    with client.stream("GET", f"/wado-rs/studies/{STUDY_002}",
+                       headers={"Accept": MULTIPART_DICOM}) as response:
+        assert response.status_code == 200
+        sizes = [len(chunk) for chunk in response.iter_raw()]
+    assert sum(sizes) > 36 * 100_000
+    assert len(sizes) > 36 and max(sizes) <= CHUNK
