@@ -19,7 +19,7 @@ import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import BinaryIO
 
 from pydicom import Dataset
@@ -29,19 +29,19 @@ from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
     KeyObjectSelectionDocumentStorage,
-    PYDICOM_IMPLEMENTATION_UID,
 )
 
 __all__ = [
     "Reference",
     "build_manifest",
-    "write_manifest",
     "manifest_summary",
-    "value_type_for",
     "new_uid",
+    "value_type_for",
+    "write_manifest",
 ]
 
 # Document title, CID 7010, and the root template (PS3.16 TID 2010).
@@ -239,7 +239,7 @@ def build_manifest(
     if not series_order:
         raise ValueError(f"study {study_uid}: a manifest needs at least one referenced instance")
 
-    now = _aware(now or datetime.now(timezone.utc))
+    now = _aware(now or datetime.now(UTC))
     sop_instance_uid = new_uid()
 
     ds = Dataset()
@@ -342,7 +342,7 @@ def manifest_summary(ds: Dataset) -> dict:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _utc_offset(value: object) -> timezone | None:
@@ -375,8 +375,9 @@ def _copy_patient_and_study(header: Dataset, ds: Dataset) -> None:
     # Type 2 ones created empty; a fragment of it would make the manifest invalid.
     present = [k for k in _CLINICAL_TRIAL_SUBJECT if k in ds]
     if present:
+        subject = ds.get("ClinicalTrialSubjectID") or ds.get("ClinicalTrialSubjectReadingID")
         complete = (ds.get("ClinicalTrialSponsorName") and ds.get("ClinicalTrialProtocolID")
-                    and (ds.get("ClinicalTrialSubjectID") or ds.get("ClinicalTrialSubjectReadingID")))
+                    and subject)
         for keyword in present if not complete else ():
             delattr(ds, keyword)
         for keyword in _CLINICAL_TRIAL_SUBJECT_TYPE_2 if complete else ():

@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 from lxml import etree
@@ -101,7 +101,7 @@ class StudyFacts:
     issuer_of_patient_id: str | None = None
 
     @classmethod
-    def from_headers(cls, headers: Iterable[Dataset]) -> "StudyFacts":
+    def from_headers(cls, headers: Iterable[Dataset]) -> StudyFacts:
         """The facts of one study read from its instances' headers (tests, ``xdsi import``)."""
         facts: StudyFacts | None = None
         for header in headers:
@@ -175,7 +175,7 @@ def build_provide_and_register(
     IHE RAD TF-3 4.68.4.1.2.3; ITI TF-2 3.41; ITI TF-3 4.2.3.2, 4.2.3.3, 4.2.2.1.
     """
     del source_unique_id  # the repository, not the source, sets repositoryUniqueId
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     local_id = study_facts.patient_id or str(kos.get("PatientID") or "")
     patient_id = profile.affinity_patient_id(local_id)
     source_patient_id = cx(
@@ -226,7 +226,7 @@ def _document_entry(
 
     # Slots (ITI TF-3 Table 4.3.1-3).
     _slot(entry, "creationTime", [_dtm(kos.get("ContentDate"), kos.get("ContentTime"), zone)
-                                  or _utc(datetime.now(timezone.utc))])
+                                  or _utc(datetime.now(UTC))])
     _slot(entry, "languageCode", [profile.language_code])
     start = _dtm(kos.get("StudyDate"), kos.get("StudyTime"), zone)
     if start:
@@ -298,7 +298,7 @@ def source_patient_name(name: PersonName | str | None) -> str:
     for group in groups:
         parts = (group.split("^") + [""] * 5)[:5]
         family, given, middle, prefix, suffix = (hl7_escape(p) for p in parts)
-        xpn = "^".join([family, given, middle, suffix, prefix]).rstrip("^")
+        xpn = f"{family}^{given}^{middle}^{suffix}^{prefix}".rstrip("^")
         if xpn:
             repetitions.append(xpn)
     return "~".join(repetitions)
@@ -404,13 +404,13 @@ def _dtm(date: object, time: object, zone: tzinfo | None) -> str | None:
     digits = digits.ljust(6, "0")
     moment = datetime.strptime(date_text + digits, "%Y%m%d%H%M%S")
     moment = moment.replace(tzinfo=zone) if zone is not None else moment
-    return _utc(moment.astimezone(timezone.utc))
+    return _utc(moment.astimezone(UTC))
 
 
 def _utc(moment: datetime) -> str:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S")
 
 
 # ebRIM elements ---------------------------------------------------------------------------

@@ -172,14 +172,14 @@ def load_profile(name_or_path: str | Path) -> AffinityDomainProfile:
 class _Reader:
     """Reads and checks one TOML document, naming the offending key in every error."""
 
-    TOP_KEYS = {
+    TOP_KEYS = frozenset({
         "source_id", "language_code", "title", "dicom_time_zone", "accession_authority",
         "codes", "author", "patient_id", "anatomic_regions",
-    }
-    CODE_KEYS = {
+    })
+    CODE_KEYS = frozenset({
         "class_code", "type_code", "format_code", "confidentiality_code",
         "healthcare_facility_type_code", "practice_setting_code", "content_type_code",
-    }
+    })
 
     def __init__(self, name: str, document: dict[str, Any]):
         self.name = name
@@ -236,10 +236,11 @@ class _Reader:
 
     # Pieces ----------------------------------------------------------------------------
 
-    def unknown(self, table: dict, allowed: set[str], prefix: str) -> None:
+    def unknown(self, table: dict, allowed: frozenset[str] | set[str], prefix: str) -> None:
         for key in table:
             if key not in allowed:
-                raise self.fail(f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+                known = ", ".join(sorted(allowed))
+                raise self.fail(f"{prefix}{key}", f"unknown key (allowed: {known})")
 
     def table(self, parent: dict, key: str, required: bool = False, prefix: str = "") -> dict:
         value = parent.get(key)
