@@ -199,7 +199,7 @@ def test_kos_value_type_follows_sop_class(sop_class: str, frames: int | None,
     assert value_type_for(sop_class, frames) == expected
 
 
-def test_kos_mixed_study_gets_one_value_type_per_instance_class() -> None:
+def test_kos_mixed_study_gets_one_value_type_per_instance_class(tmp_path: Path) -> None:
     refs = [
         Reference("1.2.3.4.1", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.1.1"),
         Reference("1.2.3.4.2", "1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.3.4.2.1"),
@@ -209,6 +209,8 @@ def test_kos_mixed_study_gets_one_value_type_per_instance_class() -> None:
                          retrieve_url_base=None)
 
     assert [i.ValueType for i in kos.ContentSequence] == ["IMAGE", "WAVEFORM", "COMPOSITE"]
+    write_manifest(kos, tmp_path / "kos.dcm")
+    assert dciodvfy_errors(tmp_path / "kos.dcm") == []
 
 
 def test_kos_without_references_is_refused() -> None:
