@@ -15,16 +15,23 @@ Retrieves read one instance at a time from the blob store, so memory stays at on
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_context, evt
+from pynetdicom import (
+    ALL_TRANSFER_SYNTAXES,
+    StoragePresentationContexts,
+    build_context,
+    evt,
+)
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -117,7 +124,7 @@ class Hierarchy:
     tables: dict[str, sa.Table]
 
     @classmethod
-    def from_index(cls) -> "Hierarchy":
+    def from_index(cls) -> Hierarchy:
         return cls({"PATIENT": index.patient, "STUDY": index.study, "SERIES": index.series,
                     "IMAGE": index.instance})
 
@@ -137,7 +144,7 @@ class Hierarchy:
     def from_clause(self, level: str) -> sa.FromClause:
         levels = self.levels_up_to(level)
         clause: sa.FromClause = self.tables[levels[0]]
-        for child, parent in zip(levels, levels[1:]):
+        for child, parent in itertools.pairwise(levels):
             clause = clause.join(self.tables[parent], self.join_condition(child, parent))
         return clause
 

@@ -21,8 +21,9 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -177,8 +178,7 @@ def select_instances(archive, study_uid: str, series_uid: str | None = None,
 def iter_instance_bytes(archive, record) -> Iterator[bytes]:
     """The stored Part 10 file of one instance, chunk by chunk."""
     with archive.open_instance(record.sop_instance_uid) as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            yield chunk
+        yield from iter(lambda: f.read(CHUNK), b"")
 
 
 def multipart_body(archive, records: Iterable, boundary: str) -> Iterator[bytes]:

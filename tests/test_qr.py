@@ -12,6 +12,7 @@ import re
 import subprocess
 import threading
 from pathlib import Path
+from typing import Self
 
 import pytest
 from pydicom import dcmread
@@ -60,7 +61,7 @@ class Destination:
             self.received[event.request.AffectedSOPInstanceUID] = event.request.DataSet.getvalue()
         return 0x0000
 
-    def __enter__(self) -> "Destination":
+    def __enter__(self) -> Self:
         self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         return self
@@ -100,7 +101,8 @@ def dcmtk(tool: str, port: int, *args: str, cwd: Path | None = None) -> subproce
     path = require_tool(tool)
     env = {**os.environ, "TCP_NODELAY": "1"}
     return subprocess.run([path, "-aec", OUR_AE, "-d", *args, "127.0.0.1", str(port)],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=60,
+                          check=False)
 
 
 def find(port: int, tmp_path: Path, *keys: str, model: str = "-S") -> list:
@@ -221,7 +223,7 @@ def test_find_refuses_patient_level_in_the_study_root_model(scp, tmp_path):
 
 
 def test_move_series_to_a_configured_destination(archive, scp, destination):
-    series = sorted({r.series_instance_uid for r in archive.instances_of(STUDY_002)})[0]
+    series = min({r.series_instance_uid for r in archive.instances_of(STUDY_002)})
     expected = {r.sop_instance_uid for r in archive.instances_of(STUDY_002, series)}
     destination.received.clear()
 

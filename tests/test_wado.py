@@ -32,6 +32,7 @@ def load_archive(root: Path, folders=DEPT_FOLDERS):
     from dicom.archive import Archive
     from dicom.importer import import_paths
     from dicom.index import create_index_tables
+
     from xds.blobstore import FileBlobStore
     from xds.db import create_engine
 
@@ -96,8 +97,9 @@ def test_study_retrieve_returns_every_stored_instance_byte_for_byte(archive, cli
     records = {r.sop_instance_uid: r for r in archive.instances_of(STUDY_002)}
     assert len(parts) == len(records) == 36
 
-    from pydicom import dcmread
     from io import BytesIO
+
+    from pydicom import dcmread
 
     seen = set()
     for headers, content in parts:
@@ -110,7 +112,7 @@ def test_study_retrieve_returns_every_stored_instance_byte_for_byte(archive, cli
 
 
 def test_series_retrieve_returns_only_that_series(archive, client):
-    first, second = series_uids(archive, STUDY_002)
+    _first, second = series_uids(archive, STUDY_002)
     response = client.get(f"/wado-rs/studies/{STUDY_002}/series/{second}",
                           headers={"Accept": f"{MULTIPART_DICOM}; transfer-syntax=*"})
     assert response.status_code == 200
