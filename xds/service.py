@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from soap.faults import SoapFault
 from soap.service import SoapReply, SoapRequest, SoapService
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WSDL_DIR = PROJECT_ROOT / "wsdl"
+SCHEMA_DIR = PROJECT_ROOT / "schemas"
 
 
 class Components:
@@ -119,6 +121,8 @@ def create_app(settings: Settings, components: Components | None = None, extra_r
     routes = [
         Route("/health", _health, methods=["GET"]),
         Route("/xds/repository", repository_endpoint(components), methods=["GET", "POST"]),
+        # The WSDLs import their XSDs by relative location: serve them beside the endpoints.
+        Mount("/schemas", StaticFiles(directory=SCHEMA_DIR), name="schemas"),
     ]
     if components.embedded_registry is not None:
         routes.append(Route("/xds/registry", registry_endpoint(components), methods=["GET", "POST"]))
