@@ -1,0 +1,328 @@
+"""The archive: DICOM instances as Part 10 files in the blob store, indexed in SQL.
+
+``Archive.store`` is the one way in, for C-STORE and for file import alike:
+
+1. spool the instance (our File Meta Information + the data set bytes as received) into the
+   blob store's ``tmp`` folder, hashing the data set bytes on the way, and fsync it;
+2. read the index values from its header (never the pixel data);
+3. an instance already indexed under that SOP Instance UID is a duplicate when its data set
+   hash is the same (nothing is rewritten) and a conflict otherwise (the original is kept);
+4. otherwise move the spool into place (atomic rename, directory fsync) and index it in one
+   short transaction. Only when that transaction has committed does ``store`` return
+   ``stored``, so the caller may acknowledge.
+
+Blob keys carry a prefix of the content hash (``dicom/<study>/<series>/<sop>.<sha1[:16]>.dcm``):
+two senders racing with different content under one SOP Instance UID then never overwrite
+each other's file; the loser's row insert fails on the unique constraint and its file is removed.
+
+Safe to share between threads; several processes may share one database and blob store.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import sqlalchemy as sa
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from dicom import index, part10
+from dicom.facts import Facts, InvalidInstance, read_facts
+from dicom.records import InstanceRecord, SeriesRecord, StudyRecord, instance_query, study_query
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Archive", "InstanceRecord", "SeriesRecord", "StoreOutcome", "StoreReceipt",
+           "StudyRecord", "UnknownInstance"]
+
+# How many (series UID -> row ids) entries to remember, so that the second and later instances
+# of a series cost one INSERT and one UPDATE.
+SERIES_CACHE_SIZE = 4096
+RETRIES = 5
+
+
+class StoreOutcome(str, enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same data set bytes: nothing rewritten
+    CONFLICT = "conflict"  # same SOP Instance UID, different data set: refused, original kept
+    INVALID = "invalid"  # not an archivable data set (unreadable, UIDs missing or malformed)
+
+
+@dataclass(frozen=True)
+class StoreReceipt:
+    outcome: StoreOutcome
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    detail: str = ""
+
+
+class UnknownInstance(KeyError):
+    """No instance with that SOP Instance UID is archived."""
+
+
+class Archive:
+    def __init__(self, engine: Engine, blobstore):
+        self.engine = engine
+        self.blobstore = blobstore
+        self._series_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # -- Storing -------------------------------------------------------------------------------
+
+    def store(self, path: str | Path, *, transfer_syntax_uid: str | None = None,
+              is_part10: bool = True, source_ae_title: str | None = None) -> StoreOutcome:
+        """Archive one instance: a Part 10 file, or a bare data set (then give its syntax)."""
+        return self.receive(path, transfer_syntax_uid=transfer_syntax_uid, is_part10=is_part10,
+                            source_ae_title=source_ae_title).outcome
+
+    def receive(self, path: str | Path, *, transfer_syntax_uid: str | None = None,
+                is_part10: bool = True, source_ae_title: str | None = None,
+                expected_sop_instance_uid: str | None = None) -> StoreReceipt:
+        """``store`` with the UIDs and a reason: what the C-STORE SCP needs to answer."""
+        try:
+            source = part10.read_source(path, is_part10=is_part10,
+                                        transfer_syntax_uid=transfer_syntax_uid)
+        except (part10.NotDicom, ValueError) as exc:
+            return StoreReceipt(StoreOutcome.INVALID, detail=str(exc))
+        if not source.sop_class_uid or not source.sop_instance_uid:
+            return StoreReceipt(StoreOutcome.INVALID, detail="no SOP Class or Instance UID")
+
+        spool = self.blobstore.spool()
+        try:
+            data_set_sha1 = self._spool(path, source, spool, source_ae_title)
+            facts = read_facts(spool.path)
+            self._check_identity(facts, source, expected_sop_instance_uid)
+            facts.instance.update(transfer_syntax_uid=source.transfer_syntax_uid,
+                                  sha1=data_set_sha1, size=spool.size)
+            return self._place(spool, facts)
+        except InvalidInstance as exc:
+            return StoreReceipt(StoreOutcome.INVALID, source.sop_instance_uid, detail=str(exc))
+        finally:
+            spool.discard()  # a no-op once the spool has been moved into place
+
+    def _spool(self, path, source: part10.Source, spool, source_ae_title) -> str:
+        """Write the Part 10 file to the spool and fsync it; the SHA-1 of its data set bytes."""
+        spool.write(part10.file_meta_bytes(source.sop_class_uid, source.sop_instance_uid,
+                                           source.transfer_syntax_uid, source_ae_title))
+        data_set_hash = hashlib.sha1()
+        with open(path, "rb") as f:
+            part10.copy_from(f, source.offset, [spool.write, data_set_hash.update])
+        spool.close()
+        return data_set_hash.hexdigest()
+
+    @staticmethod
+    def _check_identity(facts: Facts, source: part10.Source, expected: str | None) -> None:
+        # The command (or meta header) and the data set must name the same instance.
+        for named in (source.sop_instance_uid, expected):
+            if named is not None and named != facts.sop_instance_uid:
+                raise InvalidInstance(f"the data set's SOP Instance UID {facts.sop_instance_uid} "
+                                      f"differs from the announced {named}")
+        if source.sop_class_uid != facts.instance["sop_class_uid"]:
+            raise InvalidInstance(f"the data set's SOP Class UID {facts.instance['sop_class_uid']} "
+                                  f"differs from the announced {source.sop_class_uid}")
+
+    def _place(self, spool, facts: Facts) -> StoreReceipt:
+        sop_uid, sha1 = facts.sop_instance_uid, facts.instance["sha1"]
+        existing = self._existing(sop_uid)
+        if existing is not None:
+            return self._repeat(existing, facts)
+
+        key = f"dicom/{facts.study_uid}/{facts.series_uid}/{sop_uid}.{sha1[:16]}.dcm"
+        self.blobstore.adopt(spool.path, key)
+        facts.instance["blob_key"] = key
+
+        for _attempt in range(RETRIES):
+            try:
+                self._index(facts)
+                return StoreReceipt(StoreOutcome.STORED, sop_uid, facts.study_uid)
+            except IntegrityError:
+                # Another writer inserted the same instance, or the same patient, study or
+                # series row first: look again with fresh state.
+                self._forget(facts.series_uid)
+                existing = self._existing(sop_uid)
+                if existing is not None:
+                    if existing[1] != key:
+                        self.blobstore.delete(key)
+                    return self._repeat(existing, facts)
+        raise RuntimeError(f"could not index instance {sop_uid} after {RETRIES} attempts")
+
+    def _existing(self, sop_uid: str) -> tuple[str, str] | None:
+        """(sha1, blob key) of the instance already indexed under ``sop_uid``."""
+        statement = sa.select(index.instance.c.sha1, index.instance.c.blob_key).where(
+            index.instance.c.sop_instance_uid == sop_uid)
+        with self.engine.connect() as connection:
+            row = connection.execute(statement).first()
+        return tuple(row) if row else None
+
+    def _repeat(self, existing: tuple[str, str], facts: Facts) -> StoreReceipt:
+        sop_uid = facts.sop_instance_uid
+        if existing[0] == facts.instance["sha1"]:
+            log.debug("instance %s already archived with the same content", sop_uid)
+            return StoreReceipt(StoreOutcome.DUPLICATE, sop_uid, facts.study_uid)
+        log.warning("instance %s refused: already archived with different content "
+                    "(the stored one is kept)", sop_uid)
+        return StoreReceipt(StoreOutcome.CONFLICT, sop_uid, facts.study_uid,
+                            "SOP Instance UID already archived with different content; "
+                            "the archived instance is kept")
+
+    def _index(self, facts: Facts) -> None:
+        """One transaction: the patient, study and series rows if new, the instance row, and
+        the study's count and time of last change."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as connection:
+            ids = self._cached(facts.series_uid)
+            if ids is None:
+                ids = self._parents(connection, facts, now)
+            study_pk, series_pk = ids
+            connection.execute(index.instance.insert().values(
+                **facts.instance, series_fk=series_pk, received_at=now))
+            connection.execute(index.study.update().where(index.study.c.id == study_pk).values(
+                instance_count=index.study.c.instance_count + 1, updated_at=now))
+        self._remember(facts.series_uid, ids)
+
+    def _parents(self, connection: Connection, facts: Facts, now: datetime) -> tuple[int, int]:
+        patient_pk = self._patient(connection, facts.patient)
+
+        study_pk = connection.execute(sa.select(index.study.c.id).where(
+            index.study.c.study_instance_uid == facts.study_uid)).scalar()
+        if study_pk is None:
+            study_pk = connection.execute(index.study.insert().values(
+                **facts.study, patient_fk=patient_pk, created_at=now, updated_at=now,
+                instance_count=0)).inserted_primary_key[0]
+
+        series_pk = connection.execute(sa.select(index.series.c.id).where(
+            index.series.c.series_instance_uid == facts.series_uid)).scalar()
+        if series_pk is None:
+            series_pk = connection.execute(index.series.insert().values(
+                **facts.series, study_fk=study_pk)).inserted_primary_key[0]
+            self._refresh_study_summary(connection, study_pk)
+        return study_pk, series_pk
+
+    @staticmethod
+    def _patient(connection: Connection, values: dict) -> int:
+        """The patient row for (Patient ID, issuer); demographics follow the latest instance."""
+        table = index.patient
+        row = connection.execute(sa.select(table).where(
+            table.c.patient_id == values["patient_id"],
+            table.c.issuer_of_patient_id == values["issuer_of_patient_id"])).mappings().first()
+        if row is None:
+            return connection.execute(table.insert().values(**values)).inserted_primary_key[0]
+        changed = {k: v for k, v in values.items() if v is not None and row[k] != v}
+        if changed:
+            connection.execute(table.update().where(table.c.id == row["id"]).values(**changed))
+        return row["id"]
+
+    @staticmethod
+    def _refresh_study_summary(connection: Connection, study_pk: int) -> None:
+        """Modalities and body parts of a study: the distinct values over its series."""
+        rows = connection.execute(sa.select(index.series.c.modality,
+                                            index.series.c.body_part_examined)
+                                  .where(index.series.c.study_fk == study_pk)).all()
+        modalities = sorted({r[0] for r in rows if r[0]})
+        body_parts = sorted({r[1] for r in rows if r[1]})
+        connection.execute(index.study.update().where(index.study.c.id == study_pk).values(
+            modalities="\\".join(modalities) or None, body_parts="\\".join(body_parts) or None))
+
+    def _cached(self, series_uid: str) -> tuple[int, int] | None:
+        with self._cache_lock:
+            ids = self._series_ids.get(series_uid)
+            if ids is not None:
+                self._series_ids.move_to_end(series_uid)
+            return ids
+
+    def _remember(self, series_uid: str, ids: tuple[int, int]) -> None:
+        with self._cache_lock:
+            self._series_ids[series_uid] = ids
+            while len(self._series_ids) > SERIES_CACHE_SIZE:
+                self._series_ids.popitem(last=False)
+
+    def _forget(self, series_uid: str) -> None:
+        with self._cache_lock:
+            self._series_ids.pop(series_uid, None)
+
+    # -- Reading -------------------------------------------------------------------------------
+
+    def instance(self, sop_instance_uid: str) -> InstanceRecord | None:
+        statement = instance_query().where(index.instance.c.sop_instance_uid == sop_instance_uid)
+        with self.engine.connect() as connection:
+            row = connection.execute(statement).mappings().first()
+        return InstanceRecord.from_row(row) if row else None
+
+    def is_durable(self, sop_instance_uid: str) -> bool:
+        """True if the instance is indexed and its file is in the blob store."""
+        record = self.instance(sop_instance_uid)
+        return record is not None and self.blobstore.exists(record.blob_key)
+
+    def study(self, study_uid: str) -> StudyRecord | None:
+        statement = study_query().where(index.study.c.study_instance_uid == study_uid)
+        with self.engine.connect() as connection:
+            row = connection.execute(statement).mappings().first()
+        return StudyRecord.from_row(row) if row else None
+
+    def studies(self, *, patient_id: str | None = None, limit: int | None = None
+                ) -> list[StudyRecord]:
+        """Archived studies, the most recently changed first."""
+        statement = study_query().order_by(index.study.c.updated_at.desc(), index.study.c.id)
+        if patient_id is not None:
+            statement = statement.where(index.patient.c.patient_id == patient_id)
+        if limit is not None:
+            statement = statement.limit(limit)
+        with self.engine.connect() as connection:
+            return [StudyRecord.from_row(r) for r in connection.execute(statement).mappings()]
+
+    def series_of(self, study_uid: str) -> list[SeriesRecord]:
+        s, st, i = index.series, index.study, index.instance
+        statement = (sa.select(s, st.c.study_instance_uid,
+                               sa.select(sa.func.count()).where(i.c.series_fk == s.c.id)
+                               .scalar_subquery().label("instance_count"))
+                     .join(st, s.c.study_fk == st.c.id)
+                     .where(st.c.study_instance_uid == study_uid)
+                     .order_by(s.c.series_number, s.c.series_instance_uid))
+        with self.engine.connect() as connection:
+            return [SeriesRecord.from_row(r) for r in connection.execute(statement).mappings()]
+
+    def instances_of(self, study_uid: str, series_uid: str | None = None
+                     ) -> list[InstanceRecord]:
+        """Instances of a study (or of one of its series), in series then instance order."""
+        statement = instance_query().where(index.study.c.study_instance_uid == study_uid)
+        if series_uid is not None:
+            statement = statement.where(index.series.c.series_instance_uid == series_uid)
+        statement = statement.order_by(
+            index.series.c.series_number, index.series.c.series_instance_uid,
+            index.instance.c.instance_number, index.instance.c.sop_instance_uid)
+        with self.engine.connect() as connection:
+            return [InstanceRecord.from_row(r) for r in connection.execute(statement).mappings()]
+
+    def open_instance(self, sop_instance_uid: str) -> BinaryIO:
+        """The stored Part 10 file, opened for binary reading."""
+        record = self.instance(sop_instance_uid)
+        if record is None:
+            raise UnknownInstance(sop_instance_uid)
+        return self.blobstore.open(record.blob_key)
+
+    def header(self, sop_instance_uid: str) -> Dataset:
+        """The stored instance's data set up to (not including) its pixel data."""
+        with self.open_instance(sop_instance_uid) as f:
+            return dcmread(f, stop_before_pixels=True)
+
+    def stable_studies(self, older_than: datetime) -> list[str]:
+        """Study Instance UIDs that received no instance since ``older_than``."""
+        if older_than.tzinfo is not None:
+            older_than = older_than.astimezone(UTC)
+        if self.engine.dialect.name == "sqlite":
+            older_than = older_than.replace(tzinfo=None)  # SQLite keeps UTC wall-clock text
+        statement = (sa.select(index.study.c.study_instance_uid)
+                     .where(index.study.c.updated_at < older_than)
+                     .order_by(index.study.c.updated_at))
+        with self.engine.connect() as connection:
+            return list(connection.execute(statement).scalars())

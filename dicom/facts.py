@@ -1,0 +1,184 @@
+"""What the index keeps of an instance: values read from its header, ready for the index rows.
+
+Only the header is read (never the pixel data), and only the elements listed in ``TAGS``.
+Text is decoded with the instance's Specific Character Set by pydicom; a value that cannot be
+read is left empty rather than refusing the instance, because the bytes are kept as received
+and the index is only a guide to them. The four UIDs are required and checked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.multival import MultiValue
+
+# A UID (PS3.5 9.1): dotted digits, at most 64 characters.
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+PATIENT_KEYS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex")
+STUDY_KEYS = ("StudyInstanceUID", "AccessionNumber", "IssuerOfAccessionNumberSequence",
+              "StudyDate", "StudyTime", "StudyID", "StudyDescription", "ReferringPhysicianName",
+              "ProcedureCodeSequence")
+SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "BodyPartExamined",
+               "SeriesDescription", "SeriesDate", "SeriesTime")
+INSTANCE_KEYS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "NumberOfFrames")
+
+TAGS = [tag_for_keyword(k) for k in ("SpecificCharacterSet", *PATIENT_KEYS, *STUDY_KEYS,
+                                     *SERIES_KEYS, *INSTANCE_KEYS)]
+
+
+class InvalidInstance(ValueError):
+    """The data set cannot be archived: unreadable, or a required UID is missing or malformed."""
+
+
+@dataclass
+class Facts:
+    """Column values of the four index rows for one instance (index column names)."""
+
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+
+    @property
+    def study_uid(self) -> str:
+        return self.study["study_instance_uid"]
+
+    @property
+    def series_uid(self) -> str:
+        return self.series["series_instance_uid"]
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.instance["sop_instance_uid"]
+
+
+def read_facts(part10_path: str | Path) -> Facts:
+    """Read the index values from the header of a Part 10 file."""
+    try:
+        header = dcmread(part10_path, stop_before_pixels=True, specific_tags=TAGS)
+    except Exception as exc:  # pydicom raises many kinds for broken data
+        raise InvalidInstance(f"unreadable data set: {exc}") from exc
+    return facts_of(header)
+
+
+def facts_of(header: Dataset) -> Facts:
+    uids = {keyword: _uid(header, keyword) for keyword in
+            ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}
+    charset = _charset(header)
+
+    patient = {
+        "patient_id": _text(header, "PatientID") or "",
+        "issuer_of_patient_id": _text(header, "IssuerOfPatientID") or "",
+        "patient_name": _text(header, "PatientName"),
+        "patient_birth_date": _text(header, "PatientBirthDate"),
+        "patient_sex": _text(header, "PatientSex"),
+        "specific_character_set": charset,
+    }
+    issuer = _first_item(header, "IssuerOfAccessionNumberSequence")
+    study = {
+        "study_instance_uid": uids["StudyInstanceUID"],
+        "accession_number": _text(header, "AccessionNumber"),
+        "accession_issuer_local_id": _text(issuer, "LocalNamespaceEntityID"),
+        "accession_issuer_universal_id": _text(issuer, "UniversalEntityID"),
+        "accession_issuer_universal_id_type": _text(issuer, "UniversalEntityIDType"),
+        "study_date": _text(header, "StudyDate"),
+        "study_time": _text(header, "StudyTime"),
+        "study_id": _text(header, "StudyID"),
+        "study_description": _text(header, "StudyDescription"),
+        "referring_physician_name": _text(header, "ReferringPhysicianName"),
+        "procedure_codes": json.dumps(_codes(header, "ProcedureCodeSequence")),
+        "specific_character_set": charset,
+    }
+    series = {
+        "series_instance_uid": uids["SeriesInstanceUID"],
+        "modality": _text(header, "Modality"),
+        "series_number": _int(header, "SeriesNumber"),
+        "body_part_examined": _text(header, "BodyPartExamined"),
+        "series_description": _text(header, "SeriesDescription"),
+        "series_date": _text(header, "SeriesDate"),
+        "series_time": _text(header, "SeriesTime"),
+    }
+    instance = {
+        "sop_instance_uid": uids["SOPInstanceUID"],
+        "sop_class_uid": uids["SOPClassUID"],
+        "instance_number": _int(header, "InstanceNumber"),
+        "number_of_frames": _int(header, "NumberOfFrames"),
+    }
+    return Facts(patient, study, series, instance)
+
+
+def valid_uid(value: str | None) -> bool:
+    return bool(value) and len(value) <= 64 and UID_PATTERN.match(value) is not None
+
+
+def _uid(header: Dataset, keyword: str) -> str:
+    value = str(header.get(keyword, "") or "").strip().rstrip("\x00")
+    if not valid_uid(value):
+        raise InvalidInstance(f"{keyword} is missing or not a valid UID")
+    return value
+
+
+def _charset(header: Dataset) -> str | None:
+    value = header.get("SpecificCharacterSet")
+    if value is None or value == "":
+        return None
+    values = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+    return "\\".join(str(v).strip() for v in values)
+
+
+def _text(dataset: Dataset | None, keyword: str) -> str | None:
+    """The value as decoded text (multiple values joined by backslash), None when empty."""
+    if dataset is None:
+        return None
+    try:
+        value = dataset.get(keyword)
+    except Exception:  # an undecodable value: the index entry stays empty
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, (MultiValue, list, tuple)):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.strip().rstrip("\x00")
+    return text or None
+
+
+def _int(dataset: Dataset, keyword: str) -> int | None:
+    text = _text(dataset, keyword)
+    try:
+        return int(float(text.split("\\")[0])) if text else None
+    except ValueError:
+        return None
+
+
+def _first_item(dataset: Dataset, keyword: str) -> Dataset | None:
+    try:
+        sequence = dataset.get(keyword)
+        return sequence[0] if sequence else None
+    except Exception:
+        return None
+
+
+def _codes(dataset: Dataset, keyword: str) -> list[list[str]]:
+    """[code value, coding scheme designator, code meaning] of each complete item."""
+    codes = []
+    try:
+        items = dataset.get(keyword) or []
+    except Exception:
+        return codes
+    for item in items:
+        code = [_text(item, "CodeValue") or _text(item, "LongCodeValue")
+                or _text(item, "URNCodeValue"),
+                _text(item, "CodingSchemeDesignator"), _text(item, "CodeMeaning")]
+        if all(code):
+            codes.append(code)
+    return codes
