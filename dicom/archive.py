@@ -89,10 +89,12 @@ class Archive:
                 is_part10: bool = True, source_ae_title: str | None = None,
                 expected_sop_instance_uid: str | None = None) -> StoreReceipt:
         """``store`` with the UIDs and a reason: what the C-STORE SCP needs to answer."""
+        if not is_part10 and not transfer_syntax_uid:
+            raise ValueError("a bare data set needs its transfer_syntax_uid")
         try:
             source = part10.read_source(path, is_part10=is_part10,
                                         transfer_syntax_uid=transfer_syntax_uid)
-        except (part10.NotDicom, ValueError) as exc:
+        except part10.NotDicom as exc:
             return StoreReceipt(StoreOutcome.INVALID, detail=str(exc))
         if not source.sop_class_uid or not source.sop_instance_uid:
             return StoreReceipt(StoreOutcome.INVALID, detail="no SOP Class or Instance UID")
