@@ -52,7 +52,7 @@ def build_app(settings: Settings, start_dicom: bool = True, start_worker: bool =
         if start_dicom and settings.dicom.enabled:
             dicom_server = DicomServer(components.archive, ae_title=settings.dicom.ae_title,
                                        host=settings.dicom.host, port=settings.dicom.port,
-                                       **_dicom_options(settings))
+                                       move_destinations=_move_destinations(settings))
             dicom_server.start()
             log.info("DICOM archive %s listening on %s:%d", settings.dicom.ae_title, settings.dicom.host,
                      settings.dicom.port)
@@ -71,20 +71,13 @@ def build_app(settings: Settings, start_dicom: bool = True, start_worker: bool =
     return create_app(settings, components, extra_routes=imaging_source_routes(components), lifespan=lifespan)
 
 
-def _dicom_options(settings: Settings) -> dict:
-    """Options of DicomServer beyond the basics that this version of it accepts."""
-    import inspect
-
-    from dicom.scp import DicomServer
-
-    accepted = inspect.signature(DicomServer.__init__).parameters
-    options = {}
-    if "move_destinations" in accepted:
-        options["move_destinations"] = {
-            ae: (address.rpartition(":")[0], int(address.rpartition(":")[2]))
-            for ae, address in settings.dicom.move_destinations.items()
-        }
-    return options
+def _move_destinations(settings: Settings) -> dict[str, tuple[str, int]]:
+    """``dicom.move_destinations`` ({AE: "host:port"}) as {AE: (host, port)}."""
+    destinations = {}
+    for ae, address in settings.dicom.move_destinations.items():
+        host, _, port = address.rpartition(":")
+        destinations[ae] = (host, int(port))
+    return destinations
 
 
 def run_server(settings: Settings) -> int:
