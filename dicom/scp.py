@@ -20,6 +20,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,12 @@ NO_SUCH_ACTION = 0x0123
 # Failure Reasons of a Failed SOP Sequence item (PS3.4 J.3.2.1.1.2).
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
+
+# Before using the requester's own association for the report, give a release that follows the
+# N-ACTION response at once the time to arrive; then wait at most REPORT_TIMEOUT for its answer
+# (a requester that is releasing never answers) before falling back to a new association.
+RELEASE_GRACE = 0.1
+REPORT_TIMEOUT = 5.0
 
 # 0 means no limit: the sender may put a whole instance in one PDU, fewer round trips.
 MAX_PDU = 0
@@ -274,8 +281,14 @@ class DicomServer:
         log.info("storage commitment %s: %d committed, %d failed", transaction_uid,
                  len(info.ReferencedSOPSequence), failed)
 
-        if assoc.is_established and _send_report(assoc, event_type, info):
-            return
+        time.sleep(RELEASE_GRACE)
+        if assoc.is_established:
+            previous, assoc.dimse_timeout = assoc.dimse_timeout, REPORT_TIMEOUT
+            try:
+                if _send_report(assoc, event_type, info):
+                    return
+            finally:
+                assoc.dimse_timeout = previous
         requestor = assoc.requestor.ae_title
         address = self.peers.get(requestor.strip())
         if address is None:
