@@ -1,0 +1,225 @@
+"""C-STORE speed: storescu -> our SCP, -> dcmtk storescp, -> Orthanc (if installed).
+
+Generates a 500-instance CT study (512x512, 16-bit, ~0.5 MB each) in a temporary folder and
+times ``storescu`` sending it to each receiver, printing instances/s and our SCP's peak RSS.
+
+storescp and Orthanc listen on every interface, so the whole run happens inside a private
+network namespace whose only interface is loopback (``unshare --net``, run as root); this
+script re-runs itself there. Every dcmtk and Orthanc process gets ``TCP_NODELAY=1``.
+
+    python scripts/bench_store.py [--count 500] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PORT_OURS, PORT_STORESCP, PORT_ORTHANC, HTTP_ORTHANC = 11112, 11113, 14242, 18042
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def generate_study(folder: Path, count: int) -> int:
+    """``count`` CT instances of one study; returns the total size in bytes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    total = 0
+    for number in range(1, count + 1):
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID = "Bench^Mark", "BENCH-1"
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20240101", "120000", "BENCH"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, number
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows = ds.Columns = 512
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = os.urandom(512 * 512 * 2)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{number:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+    return total
+
+
+def storescu(port: int, called: str, folder: Path) -> float:
+    """Seconds storescu takes to send the folder on one association."""
+    start = time.perf_counter()
+    subprocess.run(["storescu", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
+                    "+sd", str(folder)], env=ENV, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def serve_ours(scratch: str) -> None:
+    """Child process: our archive and DICOM server until SIGTERM."""
+    import logging
+
+    from dicom.archive import Archive
+    from dicom.index import create_index_tables
+    from dicom.scp import DicomServer
+    from xds.blobstore import FileBlobStore
+    from xds.db import create_engine
+
+    logging.basicConfig(level=logging.WARNING)
+    engine = create_engine(f"sqlite:///{scratch}/index.db")
+    create_index_tables(engine)
+    server = DicomServer(Archive(engine, FileBlobStore(f"{scratch}/blobs")), port=PORT_OURS)
+    server.start()
+    signal.sigwait([signal.SIGTERM])
+    server.stop()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(name: str, runs: int, count: int, send, reset) -> list[float]:
+    rates = []
+    for _ in range(runs):
+        reset()
+        rates.append(count / send())
+    print(f"{name:<28} {statistics.median(rates):7.0f} instances/s "
+          f"(runs: {', '.join(f'{r:.0f}' for r in rates)})", flush=True)
+    return rates
+
+
+def run(count: int, runs: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        tmp = Path(tmp)
+        study = tmp / "study"
+        study.mkdir()
+        size = generate_study(study, count)
+        print(f"study: {count} CT instances, {size / 1e6:.0f} MB")
+
+        # Our SCP, in its own process so that its peak RSS is its own.
+        scratch = tmp / "ours"
+
+        def reset_ours():
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+
+        reset_ours()
+        ours = subprocess.Popen([sys.executable, __file__, "--serve", str(scratch)])
+        try:
+            wait_port(PORT_OURS)
+
+            def send_ours():
+                elapsed = storescu(PORT_OURS, "XDSI", study)
+                return elapsed
+
+            # The server keeps its index between runs: a fresh folder per run would need a
+            # restart, so each later run meets duplicates; report the first (all new) apart.
+            first = count / storescu(PORT_OURS, "XDSI", study)
+            print(f"{'storescu -> our SCP (new)':<28} {first:7.0f} instances/s")
+            measure("storescu -> our SCP (dup)", runs - 1 or 1, count, send_ours, lambda: None)
+            print(f"our SCP peak RSS: {peak_rss_mb(ours.pid):.0f} MB")
+        finally:
+            ours.send_signal(signal.SIGTERM)
+            ours.wait(timeout=30)
+
+        # dcmtk storescp: the speed limit.
+        out = tmp / "storescp"
+
+        def reset_storescp():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+
+        reset_storescp()
+        storescp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out),
+                                     "-pdu", "131072", str(PORT_STORESCP)], env=ENV)
+        try:
+            wait_port(PORT_STORESCP)
+            measure("storescu -> storescp", runs, count,
+                    lambda: storescu(PORT_STORESCP, "STORESCP", study), reset_storescp)
+        finally:
+            storescp.terminate()
+            storescp.wait(timeout=30)
+
+        run_orthanc(tmp, study, count, runs)
+
+
+def run_orthanc(tmp: Path, study: Path, count: int, runs: int) -> None:
+    binary = shutil.which("Orthanc")
+    if binary is None:
+        print("Orthanc is not installed: skipped")
+        return
+    storage = tmp / "orthanc"
+    config = {"Name": "BENCH", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+              "StorageCompression": False, "DicomServerEnabled": True, "DicomAet": "ORTHANC",
+              "DicomPort": PORT_ORTHANC, "DicomThreadsCount": 4, "HttpServerEnabled": True,
+              "HttpPort": HTTP_ORTHANC, "RemoteAccessAllowed": False,
+              "AuthenticationEnabled": False, "SaveJobs": False}
+    (tmp / "orthanc.json").write_text(json.dumps(config))
+    orthanc = subprocess.Popen([binary, str(tmp / "orthanc.json")], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(PORT_ORTHANC, timeout=60)
+        first = count / storescu(PORT_ORTHANC, "ORTHANC", study)
+        print(f"{'storescu -> Orthanc (new)':<28} {first:7.0f} instances/s")
+    finally:
+        orthanc.terminate()
+        orthanc.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve:
+        serve_ours(args.serve)
+        return 0
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (Debian package dcmtk)", file=sys.stderr)
+            return 1
+    if not args.inside:
+        # Re-run inside a network namespace with loopback only (storescp binds everywhere).
+        command = (f"ip link set lo up && {sys.executable} {__file__} --inside "
+                   f"--count {args.count} --runs {args.runs}")
+        return subprocess.call(["unshare", "--net", "--", "bash", "-c", command])
+    run(args.count, args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
