@@ -23,6 +23,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -66,6 +68,15 @@ class StoreReceipt:
     detail: str = ""
 
 
+@dataclass
+class _Spooled:
+    """A Part 10 file written and fsynced in the blob store's tmp folder."""
+
+    path: Path
+    size: int = 0
+    sha1: str = ""
+
+
 class UnknownInstance(KeyError):
     """No instance with that SOP Instance UID is archived."""
 
@@ -99,28 +110,44 @@ class Archive:
         if not source.sop_class_uid or not source.sop_instance_uid:
             return StoreReceipt(StoreOutcome.INVALID, detail="no SOP Class or Instance UID")
 
-        spool = self.blobstore.spool()
+        spooled = self._spool(path, source, source_ae_title)
         try:
-            data_set_sha1 = self._spool(path, source, spool, source_ae_title)
-            facts = read_facts(spool.path)
+            facts = read_facts(spooled.path)
             self._check_identity(facts, source, expected_sop_instance_uid)
             facts.instance.update(transfer_syntax_uid=source.transfer_syntax_uid,
-                                  sha1=data_set_sha1, size=spool.size)
-            return self._place(spool, facts)
+                                  sha1=spooled.sha1, size=spooled.size)
+            return self._place(spooled, facts)
         except InvalidInstance as exc:
             return StoreReceipt(StoreOutcome.INVALID, source.sop_instance_uid, detail=str(exc))
         finally:
-            spool.discard()  # a no-op once the spool has been moved into place
+            spooled.path.unlink(missing_ok=True)  # already gone once moved into place
 
-    def _spool(self, path, source: part10.Source, spool, source_ae_title) -> str:
-        """Write the Part 10 file to the spool and fsync it; the SHA-1 of its data set bytes."""
-        spool.write(part10.file_meta_bytes(source.sop_class_uid, source.sop_instance_uid,
-                                           source.transfer_syntax_uid, source_ae_title))
+    def _spool(self, path, source: part10.Source, source_ae_title) -> _Spooled:
+        """Write the Part 10 file into the blob store's tmp folder and fsync it.
+
+        Not through ``blobstore.spool()``: that hashes the whole file, and the hash wanted here
+        is of the data set bytes only; one hash per instance instead of two."""
+        fd, name = tempfile.mkstemp(dir=self.blobstore.tmp, prefix="dicom-", suffix=".dcm")
+        spooled = _Spooled(Path(name))
         data_set_hash = hashlib.sha1()
-        with open(path, "rb") as f:
-            part10.copy_from(f, source.offset, [spool.write, data_set_hash.update])
-        spool.close()
-        return data_set_hash.hexdigest()
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as source_file:
+                meta = part10.file_meta_bytes(source.sop_class_uid, source.sop_instance_uid,
+                                              source.transfer_syntax_uid, source_ae_title)
+                out.write(meta)
+                spooled.size = len(meta)
+                source_file.seek(source.offset)
+                for chunk in iter(lambda: source_file.read(part10.CHUNK), b""):
+                    out.write(chunk)
+                    data_set_hash.update(chunk)
+                    spooled.size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            spooled.path.unlink(missing_ok=True)
+            raise
+        spooled.sha1 = data_set_hash.hexdigest()
+        return spooled
 
     @staticmethod
     def _check_identity(facts: Facts, source: part10.Source, expected: str | None) -> None:
@@ -133,7 +160,7 @@ class Archive:
             raise InvalidInstance(f"the data set's SOP Class UID {facts.instance['sop_class_uid']} "
                                   f"differs from the announced {source.sop_class_uid}")
 
-    def _place(self, spool, facts: Facts) -> StoreReceipt:
+    def _place(self, spool: _Spooled, facts: Facts) -> StoreReceipt:
         sop_uid, sha1 = facts.sop_instance_uid, facts.instance["sha1"]
         existing = self._existing(sop_uid)
         if existing is not None:

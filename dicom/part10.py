@@ -9,16 +9,13 @@ its own character set.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
-from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
@@ -82,26 +79,41 @@ def read_source(path: str | Path, *, is_part10: bool, transfer_syntax_uid: str |
 
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
                     source_ae_title: str | None = None) -> bytes:
-    """Preamble, ``DICM`` and our File Meta Information group, encoded."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_ae_title:
-        meta.SourceApplicationEntityTitle = source_ae_title.strip()[:16]
-    buffer = DicomBytesIO()
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return PREAMBLE + buffer.getvalue()
+    """Preamble, ``DICM`` and our File Meta Information group, encoded.
+
+    Encoded by hand (Explicit VR Little Endian, PS3.10 7.1): it is written for every instance
+    received, and this is several times faster than going through a pydicom Dataset."""
+    elements = [
+        _element(0x0001, "OB", b"\x00\x01"),
+        _element(0x0002, "UI", _uid_bytes(sop_class_uid)),
+        _element(0x0003, "UI", _uid_bytes(sop_instance_uid)),
+        _element(0x0010, "UI", _uid_bytes(transfer_syntax_uid)),
+        _element(0x0012, "UI", _uid_bytes(IMPLEMENTATION_CLASS_UID)),
+        _element(0x0013, "SH", _text_bytes(IMPLEMENTATION_VERSION_NAME)),
+    ]
+    if source_ae_title and source_ae_title.strip():
+        ae_title = source_ae_title.strip()[:16].encode("ascii", "replace")
+        elements.append(_element(0x0016, "AE", _text_bytes(ae_title.decode("ascii"))))
+    body = b"".join(elements)
+    group_length = _element(0x0000, "UL", struct.pack("<I", len(body)))
+    return PREAMBLE + group_length + body
 
 
-def copy_from(source: BinaryIO, offset: int, sinks: list) -> None:
-    """Copy ``source`` from ``offset`` to its end into each sink (``write``/``update``)."""
-    source.seek(offset)
-    for chunk in iter(lambda: source.read(CHUNK), b""):
-        for sink in sinks:
-            sink(chunk)
+def _element(element: int, vr: str, value: bytes) -> bytes:
+    """One group 0002 element; OB has the 4-byte length form."""
+    if vr == "OB":
+        return struct.pack("<HH2sHI", 0x0002, element, b"OB", 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr.encode("ascii"), len(value)) + value
+
+
+def _uid_bytes(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value  # UI pads with NUL
+
+
+def _text_bytes(text: str) -> bytes:
+    value = text.encode("ascii")
+    return value + b" " if len(value) % 2 else value
 
 
 def _peek_uids(path: str | Path, transfer_syntax_uid: str) -> tuple[str | None, str | None]:

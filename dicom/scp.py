@@ -62,6 +62,9 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 RELEASE_GRACE = 0.1
 REPORT_TIMEOUT = 5.0
 
+# pynetdicom's transport thread sleeps this long when it found nothing to do (default 1 ms).
+DUL_POLL_SECONDS = 0.0002
+
 # 0 means no limit: the sender may put a whole instance in one PDU, fewer round trips.
 MAX_PDU = 0
 
@@ -350,10 +353,14 @@ def _failure(status: int, comment: str, offending: int | None = None) -> Dataset
 
 
 def _set_nodelay(event) -> None:
-    """Switch off Nagle's algorithm: each small DIMSE response must leave at once."""
+    """Switch off Nagle's algorithm: each small DIMSE response must leave at once. And poll
+    the connection more often than pynetdicom's default 1 ms when idle: between two instances
+    the link is idle, and that sleep would be paid twice per instance."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if hasattr(event.assoc.dul, "_run_loop_delay"):
+        event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
 
 
 def _use_chunked_receive(on: bool) -> None:
