@@ -40,7 +40,13 @@ from sqlalchemy.exc import IntegrityError
 
 from dicom import index, part10
 from dicom.facts import Facts, InvalidInstance, read_facts
-from dicom.records import InstanceRecord, SeriesRecord, StudyRecord, instance_query, study_query
+from dicom.records import (
+    InstanceRecord,
+    SeriesRecord,
+    StudyRecord,
+    instance_query,
+    study_query,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 # A UID (PS3.5 9.1): dotted digits, at most 64 characters.
@@ -140,7 +140,7 @@ def _text(dataset: Dataset | None, keyword: str) -> str | None:
         return None
     try:
         value = dataset.get(keyword)
-    except Exception:  # an undecodable value: the index entry stays empty
+    except Exception:  # noqa: BLE001 - an undecodable value: the index entry stays empty
         return None
     if value is None or value == "":
         return None
@@ -164,7 +164,7 @@ def _first_item(dataset: Dataset, keyword: str) -> Dataset | None:
     try:
         sequence = dataset.get(keyword)
         return sequence[0] if sequence else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unreadable sequence is left out of the index
         return None
 
 
@@ -173,7 +173,7 @@ def _codes(dataset: Dataset, keyword: str) -> list[list[str]]:
     codes = []
     try:
         items = dataset.get(keyword) or []
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unreadable sequence is left out of the index
         return codes
     for item in items:
         code = [_text(item, "CodeValue") or _text(item, "LongCodeValue")

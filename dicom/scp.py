@@ -24,9 +24,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pydicom._uid_dict import UID_dictionary
+from pydicom.dataset import Dataset
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+)
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification, register_uid
@@ -90,10 +96,9 @@ def storage_sop_classes() -> list[str]:
     extra = []
     for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
         if (kind == "SOP Class" and uid.startswith("1.2.840.10008.5.1.4.1.1.")
-                and "Storage" in name and uid not in known):
-            if keyword.isidentifier():
-                register_uid(uid, keyword, StorageServiceClass)
-                extra.append(uid)
+                and "Storage" in name and uid not in known and keyword.isidentifier()):
+            register_uid(uid, keyword, StorageServiceClass)
+            extra.append(uid)
     return known + extra
 
 
@@ -325,7 +330,7 @@ def _send_report(assoc, event_type: int, info: Dataset) -> bool:
     try:
         status, _ = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel,
                                               COMMITMENT_INSTANCE_UID)
-    except Exception as exc:  # no context, association gone, encoding error
+    except Exception as exc:  # noqa: BLE001 - no context, association gone, encoding error
         log.warning("storage commitment %s: report not sent: %s", info.TransactionUID, exc)
         return False
     if "Status" not in status:

@@ -109,12 +109,12 @@ def small_instance(path: Path, *, study_uid: str | None = None, sop_uid: str | N
 
 # -- Tests of dicom.archive ----------------------------------------------------------------------
 
-import threading  # noqa: E402
-from datetime import UTC, datetime, timedelta  # noqa: E402
+import threading
+from datetime import UTC, datetime, timedelta
 
-import pytest  # noqa: E402
-from pydicom import dcmread  # noqa: E402
-from pydicom.dataset import Dataset as _Dataset  # noqa: E402
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset as _Dataset
 
 
 @pytest.fixture

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 from pydicom import dcmread
 
-from tests.test_archive import (DEPT, STUDY_PREFIX, data_set_bytes, dept_images, new_archive,
-                                small_instance, stored_data_set_bytes)
+from tests.test_archive import (
+    DEPT,
+    STUDY_PREFIX,
+    data_set_bytes,
+    dept_images,
+    new_archive,
+    small_instance,
+    stored_data_set_bytes,
+)
 
 
 def test_import_a_folder_with_a_non_dicom_file(tmp_path):
@@ -40,11 +47,11 @@ def test_import_nist_studies_byte_identical(tmp_path):
     archive = new_archive(tmp_path / "archive")
     summary = import_paths([dept_images(n) for n in sorted(DEPT)], archive)
     assert (summary.stored, summary.not_dicom, len(summary.studies)) == (106, 0, 8)
-    for number, (suffix, series_sizes, syntax) in DEPT.items():
+    for suffix, series_sizes, syntax in DEPT.values():
         instances = archive.instances_of(STUDY_PREFIX + suffix)
         assert len(instances) == sum(series_sizes)
         assert {i.transfer_syntax_uid for i in instances} == {syntax}
-    source = sorted(dept_images("021").iterdir())[0]
+    source = min(dept_images("021").iterdir())
     sop_uid = dcmread(source, stop_before_pixels=True).SOPInstanceUID
     assert stored_data_set_bytes(archive, sop_uid) == data_set_bytes(source)
 

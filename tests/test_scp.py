@@ -14,12 +14,22 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import SecondaryCaptureImageStorage, StorageCommitmentPushModel
+from pynetdicom.sop_class import (
+    SecondaryCaptureImageStorage,
+    StorageCommitmentPushModel,
+)
 
 from tests.conftest import require_tool
 from tests.servers import free_port
-from tests.test_archive import (DEPT, STUDY_PREFIX, data_set_bytes, dept_images, new_archive,
-                                small_instance, stored_data_set_bytes)
+from tests.test_archive import (
+    DEPT,
+    STUDY_PREFIX,
+    data_set_bytes,
+    dept_images,
+    new_archive,
+    small_instance,
+    stored_data_set_bytes,
+)
 
 AE_TITLE = "XDSI"
 # storescu proposes only uncompressed syntaxes unless told which compressed one to add.
