@@ -11,56 +11,16 @@ Keys are opaque strings chosen by the caller (for example ``doc/<sha1>`` or
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from soap.spool import Spool
 
 CHUNK = 1 << 20
 
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
-
-
-class Spool:
-    """A write-once temporary file that hashes (SHA-1) and counts what is written to it."""
-
-    def __init__(self, directory: Path):
-        fd, name = tempfile.mkstemp(dir=directory, prefix="spool-")
-        self.path = Path(name)
-        self._file = os.fdopen(fd, "wb")
-        self._sha1 = hashlib.sha1()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self._file.write(data)
-        self._sha1.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        """Flush and fsync, so that a later rename publishes durable bytes."""
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-
-    @property
-    def sha1(self) -> str:
-        return self._sha1.hexdigest()
-
-    def discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> "Spool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if exc[0] is not None:
-            self.discard()
 
 
 class FileBlobStore:

@@ -1,0 +1,55 @@
+"""A small SOAP 1.2 client with WS-Addressing and MTOM, on httpx; request and reply streamed."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Callable
+
+import httpx
+from lxml import etree
+
+from soap.envelope import build_envelope
+from soap.faults import SoapFault, parse_fault
+from soap.mtom import IncomingMessage, OutgoingPart, inline_response, mtom_response, read_message
+from soap.spool import Spool
+from soap.xml import SOAP12_ENV, WSA_ANONYMOUS
+
+
+class SoapTransportError(Exception):
+    """The peer could not be reached, or did not answer in time, or not in SOAP."""
+
+
+class SoapClient:
+    def __init__(self, timeout: float = 30.0):
+        self.timeout = timeout
+
+    async def call(self, url: str, action: str, body: etree._Element, parts: list[OutgoingPart] = (),
+                   mtom: bool = False, spool_factory: Callable | None = None) -> IncomingMessage:
+        """Send ``body`` with ``action`` to ``url``; the reply, or SoapFault / SoapTransportError."""
+        envelope = build_envelope(action, body, to=url, reply_to=WSA_ANONYMOUS)
+        if mtom or parts:
+            content_type, content = mtom_response(envelope, list(parts))
+            content_type += f'; action="{action}"'
+        else:
+            content_type, content = inline_response(envelope, list(parts))
+            content_type += f'; action="{action}"'
+        spool_factory = spool_factory or (lambda: Spool(tempfile.gettempdir()))
+
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                async with client.stream("POST", url, content=content,
+                                         headers={"Content-Type": content_type}) as response:
+                    reply_type = response.headers.get("content-type", "")
+                    if not reply_type.startswith(("multipart/related", "application/soap+xml", "text/xml",
+                                                  "application/xml")):
+                        raise SoapTransportError(f"{url} answered HTTP {response.status_code} with "
+                                                 f"{reply_type or 'no content type'}, not SOAP")
+                    reply = await read_message(reply_type, response.aiter_raw(), spool_factory)
+        except httpx.HTTPError as exc:
+            raise SoapTransportError(f"{url}: {exc.__class__.__name__}: {exc}") from None
+
+        fault = reply.envelope_root.find(f"{{{SOAP12_ENV}}}Body/{{{SOAP12_ENV}}}Fault")
+        if fault is not None:
+            reply.discard()
+            raise parse_fault(fault)
+        return reply

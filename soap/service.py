@@ -1,0 +1,154 @@
+"""A SOAP 1.2 endpoint as an ASGI application: read, check, dispatch on wsa:Action, answer.
+
+The reply has the request's form: MTOM in, MTOM out; plain SOAP in, plain SOAP out. Faults
+carry the SOAP 1.2 code, the WS-Addressing fault action and the HTTP status of the SOAP HTTP
+binding; an unexpected error in a handler is a Receiver fault without any internal detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+from lxml import etree
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+
+from soap.envelope import SoapEnvelope, build_envelope, parse_envelope
+from soap.faults import SoapFault
+from soap.mtom import Attachment, IncomingMessage, OutgoingPart, document_content, inline_response, \
+    mtom_response, read_message
+from soap.xml import WSA
+
+log = logging.getLogger(__name__)
+
+# A client that stops sending in the middle of a body is given up on after this long.
+BODY_READ_TIMEOUT = 60.0
+
+
+@dataclass
+class SoapRequest:
+    envelope: SoapEnvelope
+    message: IncomingMessage
+    spool_factory: Callable
+
+    def content(self, element: etree._Element) -> Attachment:
+        """The bytes of a base64Binary element (attachment or inline base64), spooled."""
+        return document_content(element, self.message, self.spool_factory)
+
+
+@dataclass
+class SoapReply:
+    action: str
+    body: etree._Element
+    parts: list[OutgoingPart] = field(default_factory=list)
+    http_status: int = 200
+
+
+Handler = Callable[[SoapRequest], Awaitable[SoapReply]]
+
+
+class SoapService:
+    def __init__(self, handlers: dict[str, Handler], spool_factory: Callable, wsdl_path: Path | None = None,
+                 understood: frozenset[str] | set[str] = frozenset(), max_request_bytes: int | None = None):
+        self.handlers = handlers
+        self.spool_factory = spool_factory
+        self.wsdl_path = wsdl_path
+        self.understood = frozenset(understood)
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        if request.method == "GET":
+            response = self._wsdl(request)
+        elif request.method == "POST":
+            response = await self._post(request)
+        else:
+            response = Response(status_code=405, headers={"Allow": "GET, POST"})
+        await response(scope, receive, send)
+
+    def _wsdl(self, request: Request) -> Response:
+        if "wsdl" not in {key.lower() for key in request.query_params} or self.wsdl_path is None:
+            return Response("this is a SOAP 1.2 endpoint: POST a message, or GET ?wsdl\n", status_code=404,
+                            media_type="text/plain")
+        wsdl = self.wsdl_path.read_text(encoding="utf-8")
+        # Name the address the client actually used, not the one written in the file.
+        endpoint = str(request.url.replace(query=""))
+        wsdl = re.sub(r'(<(?:\w+:)?address\s+location=")[^"]*(")', rf"\g<1>{endpoint}\g<2>", wsdl)
+        return Response(wsdl, media_type="text/xml; charset=utf-8")
+
+    async def _post(self, request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if self.max_request_bytes and declared and declared.isdigit() and int(declared) > self.max_request_bytes:
+            return _fault_response(SoapFault("Sender", f"the request exceeds {self.max_request_bytes} bytes"), None,
+                                   status=413)
+
+        message = None
+        relates_to = None
+        try:
+            message = await read_message(request.headers.get("content-type", ""), _timed(request.stream()),
+                                         self.spool_factory)
+            envelope = parse_envelope(message.envelope_root, self.understood)
+            relates_to = envelope.message_id
+            handler = self.handlers.get(envelope.action)
+            if handler is None:
+                raise SoapFault("Sender", f"action {envelope.action!r} is not supported at this endpoint",
+                                subcode=f"{{{WSA}}}ActionNotSupported")
+            log.info("SOAP %s message %s", envelope.action, envelope.message_id)
+            reply = await handler(SoapRequest(envelope, message, self.spool_factory))
+        except ClientDisconnect:
+            log.info("client went away before the request body ended")
+            _discard(message)
+            return Response(status_code=400)
+        except SoapFault as fault:
+            log.info("SOAP fault %s: %s", fault.code, fault.reason)
+            _discard(message)
+            return _fault_response(fault, relates_to)
+        except Exception:
+            log.exception("internal error while handling a SOAP request")
+            _discard(message)
+            return _fault_response(SoapFault("Receiver", "internal error"), relates_to)
+
+        envelope_out = build_envelope(reply.action, reply.body, relates_to=relates_to)
+        if message.is_mtom:
+            content_type, body = mtom_response(envelope_out, reply.parts)
+        else:
+            content_type, body = inline_response(envelope_out, reply.parts)
+        return StreamingResponse(_then_discard(body, message), status_code=reply.http_status,
+                                 media_type=None, headers={"Content-Type": content_type})
+
+
+async def _timed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The request body, failing when the client stalls for BODY_READ_TIMEOUT seconds."""
+    iterator = stream.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(iterator.__anext__(), BODY_READ_TIMEOUT)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise SoapFault("Sender", f"the request body stalled for {BODY_READ_TIMEOUT:.0f} s before its end") from None
+        if chunk:
+            yield chunk
+
+
+async def _then_discard(body: AsyncIterator[bytes], message: IncomingMessage) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        _discard(message)
+
+
+def _discard(message: IncomingMessage | None) -> None:
+    if message is not None:
+        message.discard()
+
+
+def _fault_response(fault: SoapFault, relates_to: str | None, status: int | None = None) -> Response:
+    return Response(fault.to_envelope(relates_to), status_code=status or fault.http_status,
+                    media_type="application/soap+xml; charset=utf-8")
