@@ -1,7 +1,10 @@
 """ITI-41 and ITI-43 against the public sample messages, as stored and with CRLF line ends.
 
-Each case carries the verdict that the corpus's SOURCES.md gives. Accepted submissions are then
-retrieved by ITI-43 and must come back byte for byte with their mimeType.
+Each case carries the verdict that the corpus's SOURCES.md gives for a Document Repository.
+The registry behind the repository is a stub HTTP server that records the ITI-42 it receives
+and accepts it (the verdicts are the repository's; no real XDS registry can run here, and the
+embedded one has its own tests). Accepted submissions are retrieved by ITI-43 and must come back
+byte for byte with their mimeType.
 """
 
 from __future__ import annotations
@@ -13,21 +16,46 @@ import hashlib
 
 import pytest
 from lxml import etree
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from tests import corpus
-from tests.repository_helpers import read_answer, retrieve_request, settings_for
+from tests.repository_helpers import SOAP, read_answer, retrieve_request, settings_for
+from tests.servers import serve
 from xds import ebrim
 from xds.service import create_app
 
 REPOSITORY = "/xds/repository"
 
 
+@pytest.fixture(scope="module")
+def registry():
+    """A registry stub on 127.0.0.1 that records each ITI-42 body and answers Success."""
+    received: list[etree._Element] = []
+
+    async def endpoint(request):
+        envelope = etree.fromstring(await request.body())
+        received.append(envelope.find(f"{{{SOAP}}}Body")[0])
+        answer = corpus.wrap_in_envelope(
+            f'<rs:RegistryResponse xmlns:rs="{ebrim.RS}" status="{ebrim.SUCCESS}"/>'.encode(),
+            ebrim.ITI42_RESPONSE_ACTION)
+        return Response(answer, media_type="application/soap+xml")
+
+    with serve(Starlette(routes=[Route("/registry", endpoint, methods=["POST"])])) as base:
+        yield f"{base}/registry", received
+
+
 @pytest.fixture
-def client(tmp_path, database_url):
-    settings = settings_for(tmp_path, storage__database_url=database_url)
+def client(tmp_path, database_url, registry):
+    url, received = registry
+    received.clear()
+    settings = settings_for(tmp_path, storage__database_url=database_url, repository__registry_url=url,
+                            registry__embedded=False)
     with TestClient(create_app(settings)) as test_client:
         test_client.settings = settings
+        test_client.registered = received
         yield test_client
 
 
@@ -109,23 +137,17 @@ def test_hash_and_size_are_those_of_the_exact_bytes(client, case, crlf):
     assert (len(data), hashlib.sha1(data).hexdigest()) == EXPECTED_DOCUMENTS[(case, crlf)]
     assert mime_type == "text/plain"
 
-    registered = client.app.state.components.embedded_registry
-    entry = registered_entry(registered, unique_id)
-    assert entry["hash"] == hashlib.sha1(data).hexdigest() and entry["size"] == str(len(data))
-    assert entry["repositoryUniqueId"] == client.settings.repository.unique_id
+    (submit_objects,) = client.registered
+    assert submit_objects.tag == ebrim.q("lcm", "SubmitObjectsRequest")
+    entry = registered_slots(submit_objects)
+    assert entry["hash"] == [hashlib.sha1(data).hexdigest()] and entry["size"] == [str(len(data))]
+    assert entry["repositoryUniqueId"] == [client.settings.repository.unique_id]
 
 
-def registered_entry(registry, unique_id: str) -> dict[str, str]:
-    """The hash/size/repositoryUniqueId slots the registry holds for a document (ITI-18)."""
-    request = etree.fromstring(
-        f'<query:AdhocQueryRequest xmlns:query="{ebrim.QUERY}" xmlns:rim="{ebrim.RIM}">'
-        '<query:ResponseOption returnType="LeafClass" returnComposedObjects="true"/>'
-        f'<rim:AdhocQuery id="{ebrim.GET_DOCUMENTS}"><rim:Slot name="$XDSDocumentEntryUniqueId">'
-        f"<rim:ValueList><rim:Value>('{unique_id}')</rim:Value></rim:ValueList></rim:Slot>"
-        "</rim:AdhocQuery></query:AdhocQueryRequest>".encode())
-    response = registry.stored_query(request)
-    (extrinsic,) = response.iter(ebrim.q("rim", "ExtrinsicObject"))
-    return {slot.get("name"): slot.findtext(f"{ebrim.q('rim', 'ValueList')}/{ebrim.q('rim', 'Value')}")
+def registered_slots(submit_objects: etree._Element) -> dict[str, list[str]]:
+    """The slots of the one DocumentEntry of an ITI-42 the registry received."""
+    (extrinsic,) = submit_objects.iter(ebrim.q("rim", "ExtrinsicObject"))
+    return {slot.get("name"): [v.text for v in slot.iter(ebrim.q("rim", "Value"))]
             for slot in extrinsic.findall(ebrim.q("rim", "Slot"))}
 
 
@@ -139,6 +161,10 @@ def test_wcf_dicom_manifest_is_stored_unchanged(client):
     mime_type, data = answer.documents()[unique_id]
     assert mime_type == "application/dicom"
     assert len(data) == 6090 and data[128:132] == b"DICM"
+
+    # The vendor's extra slots travel on to the registry unchanged.
+    slots = registered_slots(client.registered[0])
+    assert any(name.startswith("urn:acuo:") for name in slots)
 
 
 # Rejections -----------------------------------------------------------------------------------

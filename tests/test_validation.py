@@ -160,7 +160,6 @@ def _missing_submission_set_status(submission: Submission) -> None:
 
 MUTATIONS = [
     # (mutation, role, expected code, words the codeContext must contain)
-    (_remove_class_code, "repository", "XDSRepositoryMetadataError", "classCode"),
     (_remove_class_code, "registry", "XDSRegistryMetadataError", "classCode"),
     (
         _second_submission_set,
@@ -170,8 +169,8 @@ MUTATIONS = [
     ),
     (
         _set_identifier(ebrim.DE_PATIENT_ID, "12345"),
-        "repository",
-        "XDSRepositoryMetadataError",
+        "registry",
+        "XDSRegistryMetadataError",
         "CX",
     ),
     (
@@ -191,9 +190,9 @@ MUTATIONS = [
     (_duplicate_slot, "repository", "XDSRepositoryMetadataError", "more than once"),
     (_bad_hash, "repository", "XDSRepositoryMetadataError", "hash"),
     (_bad_size, "repository", "XDSRepositoryMetadataError", "size"),
-    (_bad_creation_time, "repository", "XDSRepositoryMetadataError", "creationTime"),
+    (_bad_creation_time, "registry", "XDSRegistryMetadataError", "creationTime"),
     (_limited_metadata, "repository", "XDSRepositoryMetadataError", "limitedMetadata"),
-    (_two_coding_schemes, "repository", "XDSRepositoryMetadataError", "codingScheme"),
+    (_two_coding_schemes, "registry", "XDSRegistryMetadataError", "codingScheme"),
     (_missing_submission_set_status, "registry", "XDSRegistryMetadataError", "SubmissionSetStatus"),
 ]
 
@@ -250,3 +249,13 @@ def test_document_entry_without_has_member_is_rejected() -> None:
 )
 def test_dtm_format(value: str, ok: bool) -> None:
     assert is_dtm(value) is ok
+
+
+@pytest.mark.parametrize("mutation", [_remove_class_code, _bad_creation_time, _two_coding_schemes])
+def test_repository_checks_shallowly_and_leaves_attributes_to_the_registry(mutation):
+    """ITI TF-2 3.41.4.1.3: the repository may check shallowly; the registry checks in full."""
+    submission = _submission()
+    mutation(submission)
+    parsed = Submission.parse(submission.request)
+    assert validate_submission(parsed, role="repository") == []
+    assert validate_submission(parsed, role="registry") != []

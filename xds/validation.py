@@ -123,6 +123,9 @@ class _Validator:
     def __init__(self, submission: Submission, role: str) -> None:
         self.submission = submission
         self.role = role
+        # ITI-41 lets the repository check shallowly and leave the full check to the registry
+        # (ITI TF-2 3.41.4.1.3): it refuses only what it cannot store or forward faithfully.
+        self.full = role == "registry"
         self.codes = _codes(role)
         self.errors: list[RegistryError] = []
 
@@ -318,6 +321,20 @@ class _Validator:
         if entry.has_node(ebrim.DE_LIMITED_METADATA):
             self.error(f"{label} is marked limitedMetadata, which XDS does not accept", entry.id)
 
+        unique_id = entry.unique_id
+        if not unique_id:
+            self.identifier(entry, ebrim.DE_UNIQUE_ID, "XDSDocumentEntry.uniqueId", label)
+        elif len(unique_id) > MAX_DOCUMENT_UNIQUE_ID or " " in unique_id:
+            self.error(
+                f"{label}: uniqueId '{unique_id}' is longer than 128 or has spaces", entry.id
+            )
+        if self.full:
+            self.document_entry_attributes(entry, label)
+
+        self.document_content_slots(entry, label)
+
+    def document_entry_attributes(self, entry: DocumentEntry, label: str) -> None:
+        """The attributes ITI TF-3 Table 4.3.1-3 requires, checked in full by the registry."""
         for scheme, attribute, minimum, maximum in DE_REQUIRED_CODES:
             self.coded(entry, scheme, attribute, label, minimum, maximum)
         for scheme, attribute in DE_OPTIONAL_CODES:
@@ -327,11 +344,6 @@ class _Validator:
             entry, ebrim.DE_PATIENT_ID, "XDSDocumentEntry.patientId", label
         )
         self.cx(patient_id, "patientId", label, entry.id)
-        unique_id = self.identifier(entry, ebrim.DE_UNIQUE_ID, "XDSDocumentEntry.uniqueId", label)
-        if unique_id and (len(unique_id) > MAX_DOCUMENT_UNIQUE_ID or " " in unique_id):
-            self.error(
-                f"{label}: uniqueId '{unique_id}' is longer than 128 or has spaces", entry.id
-            )
 
         for name in DE_SINGLE_SLOTS:
             self.single_slot(entry, name, label)
@@ -341,8 +353,6 @@ class _Validator:
         self.cx(source_patient_id, "sourcePatientId", label, entry.id)
         self.dtm(entry.service_start_time, "serviceStartTime", label, entry.id)
         self.dtm(entry.service_stop_time, "serviceStopTime", label, entry.id)
-
-        self.document_content_slots(entry, label)
 
     def document_content_slots(self, entry: DocumentEntry, label: str) -> None:
         """hash, size, repositoryUniqueId: optional from a source, required towards a registry."""
@@ -372,6 +382,8 @@ class _Validator:
                 f"{label} is marked limitedMetadata, which XDS does not accept", submission_set.id
             )
 
+        if not self.full:
+            return
         self.coded(submission_set, ebrim.SS_CONTENT_TYPE_CODE, "contentTypeCode", label, 1, 1)
         patient_id = self.identifier(
             submission_set, ebrim.SS_PATIENT_ID, "XDSSubmissionSet.patientId", label
