@@ -9,6 +9,7 @@ RPLC association, so the earlier DocumentEntry ends Deprecated in the registry.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import uuid
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class Publisher:
         kos, request, entry_uuid, count, previous = await run_in_threadpool(self.build, study_uid)
         spool = self.blobstore.spool()
         try:
-            await run_in_threadpool(write_manifest, kos, spool)
+            spool.write(await run_in_threadpool(_encode, kos))
             spool.close()
             manifest = _SpooledManifest(spool.path, spool.sha1, spool.size)
             status, errors = await self._submit(request, manifest)
@@ -200,6 +201,13 @@ class Publisher:
             except Exception:
                 log.exception("publishing worker error")
             await asyncio.sleep(poll_seconds)
+
+
+def _encode(kos) -> bytes:
+    # The KOS is built in memory (about 300 bytes per referenced instance); encode it whole.
+    buffer = io.BytesIO()
+    write_manifest(kos, buffer)
+    return buffer.getvalue()
 
 
 def _study_facts(study, series) -> StudyFacts:
