@@ -17,6 +17,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable
 from urllib.parse import quote, unquote
@@ -56,7 +57,8 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     """Media type (lower case) and parameters (names lower case, values unquoted)."""
     message = Message()
     message["content-type"] = value
-    params = {key.lower(): val for key, val in message.get_params(failobj=[], header="content-type")[1:]}
+    params = {key.lower(): collapse_rfc2231_value(val)  # RFC 2231 values arrive as tuples
+              for key, val in message.get_params(failobj=[], header="content-type")[1:]}
     return message.get_content_type(), params
 
 
@@ -119,6 +121,8 @@ class _MultipartReader:
         self.parts: list[_Part] = []
         self.root: bytes | None = None
         self.attachments: dict[str, Attachment] = {}
+        self.content_ids: set[str] = set()
+        self.preamble_trimmed = False
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -163,10 +167,18 @@ class _MultipartReader:
         while True:
             found = self.buffer.find(self.delimiter, position)
             if found < 0:
-                # Keep enough to recognise a delimiter split across chunks.
-                del self.buffer[: max(0, len(self.buffer) - len(self.delimiter) - 1)]
+                # Keep enough to recognise a delimiter split across chunks, and the byte before it.
+                trim = max(0, len(self.buffer) - len(self.delimiter) - 1)
+                del self.buffer[:trim]
+                self.preamble_trimmed = self.preamble_trimmed or trim > 0
                 return False
-            if found == 0 or self.buffer[found - 1:found] == b"\n":
+            # At offset 0 of a trimmed buffer the byte before is gone; such a delimiter was
+            # already seen whole, and judged, before the trim.
+            if found > 0:
+                at_line_start = self.buffer[found - 1:found] == b"\n"
+            else:
+                at_line_start = not self.preamble_trimmed
+            if at_line_start:
                 del self.buffer[: found + len(self.delimiter)]
                 self.state = "after-delimiter"
                 return True
@@ -208,6 +220,12 @@ class _MultipartReader:
             raise SoapFault("Sender", "malformed MIME: a part has no headers (Content-Type/Content-ID expected)")
         content_id = headers.get("content-id", "").strip().strip("<>").strip()
         is_root = (content_id == self.start) if self.start else not self.parts
+        if content_id and content_id in self.content_ids:
+            raise SoapFault("Sender", f"malformed MIME: two parts have the Content-ID <{content_id}>")
+        if not content_id and not is_root:
+            # XOP references every attachment by its Content-ID: one without is unusable.
+            raise SoapFault("Sender", f"malformed MIME: part {len(self.parts) + 1} has no Content-ID")
+        self.content_ids.add(content_id)
         encoding = headers.get("content-transfer-encoding", "binary").strip().lower()
         if encoding not in ("binary", "8bit", "7bit", "base64"):
             raise SoapFault("Sender", f"unsupported Content-Transfer-Encoding {encoding!r}")
@@ -239,10 +257,11 @@ class _MultipartReader:
         if part.spool is None:
             self.root = part.finish_root()
             return
-        attachment = part.finish_attachment()
-        if attachment.content_id in self.attachments:
-            attachment.path.unlink(missing_ok=True)
-            raise SoapFault("Sender", f"malformed MIME: two parts have the Content-ID <{attachment.content_id}>")
+        try:
+            attachment = part.finish_attachment()
+        except BaseException:
+            part.discard()
+            raise
         self.attachments[attachment.content_id] = attachment
 
 
