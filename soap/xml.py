@@ -3,7 +3,9 @@
 Every XML document that arrives from the network goes through ``parse_xml``: no entity is
 resolved, no DTD is loaded, nothing is fetched from the network, and a document that carries a
 DOCTYPE at all is refused, which stops external-entity (XXE) and entity-expansion attacks before
-the parser sees them. libxml2's own nesting limit (256 levels without ``huge_tree``) bounds depth.
+the parser sees them. Nesting deeper than MAX_DEPTH is refused (libxml2 itself stops at 2048
+levels), while a single text node may be large: an inline base64 document of a few MB is normal
+in plain SOAP, and the caller bounds the size of the whole envelope.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def _parser() -> etree.XMLParser:
         no_network=True,
         load_dtd=False,
         dtd_validation=False,
-        huge_tree=False,
+        # huge_tree lifts libxml2's 10 MB limit on one text node (an inline base64 document);
+        # depth is checked by parse_xml and the envelope size by the caller.
+        huge_tree=True,
         remove_comments=False,
         collect_ids=False,
     )
@@ -54,7 +58,13 @@ def parse_xml(data: bytes) -> etree._Element:
         raise XmlError(f"not well-formed XML: {exc}") from None
     if root.getroottree().docinfo.doctype:
         raise XmlError("a DOCTYPE is not allowed in a SOAP message")
+    if _TOO_DEEP(root):
+        raise XmlError(f"the XML nests elements more than {MAX_DEPTH} levels deep")
     return root
+
+
+# True when some element sits below MAX_DEPTH levels; evaluated level by level inside libxml2.
+_TOO_DEEP = etree.XPath("boolean(/" + "/".join(["*"] * (MAX_DEPTH + 1)) + ")")
 
 
 def _prolog_end(data: bytes) -> int:
