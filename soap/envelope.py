@@ -11,6 +11,10 @@ from soap.faults import SoapFault
 from soap.xml import SOAP11_ENV, SOAP12_ENV, WSA, WSA_ANONYMOUS
 
 MUST_UNDERSTAND = f"{{{SOAP12_ENV}}}mustUnderstand"
+ROLE = f"{{{SOAP12_ENV}}}role"
+# SOAP 1.2 Part 1 §2.2: as the ultimate receiver we act in these roles; an absent role means
+# ultimateReceiver. A block for any other role (e.g. .../role/none) is not ours to understand.
+OUR_ROLES = ("", f"{SOAP12_ENV}/role/next", f"{SOAP12_ENV}/role/ultimateReceiver")
 
 
 @dataclass
@@ -64,6 +68,8 @@ def _check_must_understand(header, understood) -> None:
             continue
         flag = (block.get(MUST_UNDERSTAND) or "").strip()
         if flag not in ("1", "true"):
+            continue
+        if (block.get(ROLE) or "").strip() not in OUR_ROLES:
             continue
         if block.tag.startswith(f"{{{WSA}}}") or block.tag in understood:
             continue

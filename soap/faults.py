@@ -40,6 +40,10 @@ class SoapFault(Exception):
         etree.SubElement(header, f"{{{WSA}}}MessageID").text = f"urn:uuid:{uuid.uuid4()}"
         if relates_to:
             etree.SubElement(header, f"{{{WSA}}}RelatesTo").text = relates_to
+        if self.code == "VersionMismatch":
+            # SOAP 1.2 Part 1 §5.4.7: name the envelope version we do support.
+            upgrade = etree.SubElement(header, f"{{{SOAP12_ENV}}}Upgrade")
+            etree.SubElement(upgrade, f"{{{SOAP12_ENV}}}SupportedEnvelope", qname="env:Envelope")
         for qname in self.not_understood:
             namespace, _, local = qname[1:].partition("}")
             block = etree.SubElement(header, f"{{{SOAP12_ENV}}}NotUnderstood", nsmap={"nu": namespace})
