@@ -416,8 +416,10 @@ def inline_response(envelope: etree._Element, parts: list[OutgoingPart]) -> tupl
     """The same reply as plain SOAP: each xop:Include is replaced by its bytes in base64, streamed."""
     by_id = {part.content_id: part for part in parts}
     markers = {}
-    for include in envelope.iter(f"{{{XOP_NS}}}Include"):
+    for include in list(envelope.iter(f"{{{XOP_NS}}}Include")):  # the loop removes them
         content_id = unquote(include.get("href", "")[4:])
+        if content_id not in by_id:
+            raise ValueError(f"xop:Include references <{content_id}> but no outgoing part has that Content-ID")
         marker = f"@@xdsi-part-{uuid.uuid4().hex}@@"
         markers[marker] = by_id[content_id]
         parent = include.getparent()
