@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import email.parser
-import email.policy
 import importlib.util
 import uuid
 from types import SimpleNamespace
@@ -32,11 +30,18 @@ from starlette.testclient import TestClient
 
 from tests import corpus
 from tests.conftest import NIST_IDS
-from tests.repository_helpers import SOAP, WSA, Answer, read_answer, retrieve_request, settings_for
+from tests.repository_helpers import (
+    SOAP,
+    WSA,
+    Answer,
+    read_answer,
+    retrieve_request,
+    settings_for,
+)
 from tests.servers import serve
-from tests.test_repository import code, ident, provide_and_register, slot
+from tests.test_repository import provide_and_register, slot
 from tests.test_soap_envelope import envelope_and_addressing_schema
-from tests.test_wsdl_schemas import official_iti_schema, official_rad69_schema
+from tests.test_wsdl_schemas import official_iti_schema
 from xds import ebrim
 from xds.service import create_app
 
@@ -257,8 +262,8 @@ def _envelope_with(header: str, body: str) -> bytes:
 _ACTION = f'<wsa:Action>{ebrim.ITI43_ACTION}</wsa:Action><wsa:MessageID>urn:uuid:{uuid.uuid4()}</wsa:MessageID>'
 _RETRIEVE = f'<xds:RetrieveDocumentSetRequest xmlns:xds="{ebrim.XDS}"/>'
 FAULT_REQUESTS = {
-    # name: (request body, content type, expected code, expected subcode local name)
-    "wrong-body": (_envelope_with(_ACTION, f'<other xmlns="urn:x"/>'), "Sender", None),
+    # name: (request body, expected fault code, expected subcode local name)
+    "wrong-body": (_envelope_with(_ACTION, '<other xmlns="urn:x"/>'), "Sender", None),
     "unknown-action": (_envelope_with("<wsa:Action>urn:nothing</wsa:Action>", _RETRIEVE), "Sender",
                        "ActionNotSupported"),
     "missing-action": (_envelope_with("", _RETRIEVE), "Sender", "MessageAddressingHeaderRequired"),
@@ -425,11 +430,8 @@ def test_rad69_response_is_valid(imaging_source, case):
 def test_a_broken_response_is_refused_by_the_schemas(client, stored):
     answer = post(client, retrieve_request(client.settings.repository.unique_id, stored))
     answer.registry_response().attrib.pop("status")
-    with pytest.raises(AssertionError):
-        assert_valid_message(answer, official_iti_schema())
+    assert not official_iti_schema().validate(etree.fromstring(etree.tostring(answer.body)))
 
-    header = answer.envelope.find(f"{{{SOAP}}}Header")
-    etree.SubElement(header, f"{{{WSA}}}Action").text = "again"  # wsa:Action twice is not a schema matter
-    answer.envelope.find(f"{{{SOAP}}}Header/{{{WSA}}}MessageID").text = None
-    etree.SubElement(header, f"{{{WSA}}}ReplyTo")  # an EndpointReference needs its Address
+    # An EndpointReference without its Address is refused by the WS-Addressing schema.
+    etree.SubElement(answer.envelope.find(f"{{{SOAP}}}Header"), f"{{{WSA}}}ReplyTo")
     assert not envelope_and_addressing_schema().validate(answer.envelope)

@@ -111,6 +111,22 @@ def provide_and_register_arguments(client: zeep.Client, unique_id: str, content:
     }
 
 
+def test_wsdl_and_schemas_load_from_the_service_with_its_own_address(service):
+    base, _ = service
+    loaded = []
+
+    class Recording(RecordingTransport):
+        def load(self, url):
+            loaded.append(url)
+            return super().load(url)
+
+    client = repository_client(base, Recording())
+
+    assert client.service._binding_options["address"] == f"{base}/xds/repository"
+    assert f"{base}/schemas/xds-b.xsd" in loaded
+    assert all(url.startswith(base) for url in loaded)
+
+
 @pytest.fixture(scope="module")
 def submitted(service):
     """One document provided and registered by zeep over MTOM: (unique id, zeep's result, transport)."""
@@ -124,7 +140,7 @@ def submitted(service):
 
 
 def test_iti41_from_zeep_over_mtom_succeeds(submitted):
-    unique_id, result, transport = submitted
+    _unique_id, result, transport = submitted
 
     # The document really travelled as an XOP attachment, not inline.
     assert list(transport.sent_attachments.values()) == [DOCUMENT]
@@ -134,10 +150,11 @@ def test_iti41_from_zeep_over_mtom_succeeds(submitted):
     assert result.RegistryErrorList is None
 
 
-def test_iti43_from_zeep_returns_the_same_bytes(service, submitted):
+@pytest.mark.parametrize("mtom", [False, True], ids=["plain", "mtom"])
+def test_iti43_from_zeep_returns_the_same_bytes(service, submitted, mtom):
     base, settings = service
     unique_id, *_ = submitted
-    transport = RecordingTransport()
+    transport = MtomTransport() if mtom else RecordingTransport()
     client = repository_client(base, transport)
 
     result = client.service.DocumentRepository_RetrieveDocumentSet(DocumentRequest=[
@@ -148,10 +165,15 @@ def test_iti43_from_zeep_returns_the_same_bytes(service, submitted):
     assert response.DocumentUniqueId == unique_id
     assert response.RepositoryUniqueId == settings.repository.unique_id
     assert response.mimeType == "application/octet-stream"
-    # zeep's parse loses the CR/LF at both ends of the attachment; the package itself, decoded
-    # by the standard library, holds the exact bytes.
-    assert response.Document.strip(b"\r\n") == DOCUMENT.strip(b"\r\n")
+
     answer = read_answer(transport.last_response)
+    assert answer.is_mtom == mtom, "the answer has the request's form"
+    if mtom:
+        # zeep's MTOM reader strips the CR/LF at both ends of the attachment; the package,
+        # decoded by the standard library, holds the exact bytes.
+        assert response.Document in (DOCUMENT, DOCUMENT.strip(b"\r\n"))
+    else:
+        assert response.Document == DOCUMENT
     assert answer.documents() == {unique_id: ("application/octet-stream", DOCUMENT)}
 
 
@@ -247,6 +269,6 @@ def test_rad69_from_zeep_retrieves_an_archived_instance(tmp_path):
     assert response.DocumentUniqueId == str(header.SOPInstanceUID)
     assert response.mimeType == ebrim.MIME_DICOM
     answer = read_answer(transport.last_response)
-    ((mime_type, data),) = answer.documents().values()
+    ((_mime_type, data),) = answer.documents().values()
     # The instance is archived byte for byte as received.
     assert data == original
