@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from xml.sax.saxutils import quoteattr
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
@@ -62,6 +63,11 @@ class SoapService:
         self.max_request_bytes = max_request_bytes
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":  # served on its own, not mounted in a Starlette app
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            raise RuntimeError(f"a SOAP endpoint serves HTTP only, not {scope['type']}")
         request = Request(scope, receive)
         if request.method == "GET":
             response = self._wsdl(request)
@@ -77,21 +83,24 @@ class SoapService:
                             media_type="text/plain")
         wsdl = self.wsdl_path.read_text(encoding="utf-8")
         # Name the address the client actually used, not the one written in the file.
-        endpoint = str(request.url.replace(query=""))
-        wsdl = re.sub(r'(<(?:\w+:)?address\s+location=")[^"]*(")', rf"\g<1>{endpoint}\g<2>", wsdl)
+        # The Host header is the client's to choose: escape it as an attribute value.
+        endpoint = quoteattr(str(request.url.replace(query="")))
+        wsdl = re.sub(r'(<(?:\w+:)?address\s+location=)"[^"]*"', lambda match: match.group(1) + endpoint, wsdl)
         return Response(wsdl, media_type="text/xml; charset=utf-8")
 
     async def _post(self, request: Request) -> Response:
         declared = request.headers.get("content-length")
         if self.max_request_bytes and declared and declared.isdigit() and int(declared) > self.max_request_bytes:
-            return _fault_response(SoapFault("Sender", f"the request exceeds {self.max_request_bytes} bytes"), None,
-                                   status=413)
+            return _fault_response(RequestTooLarge(self.max_request_bytes), None, status=413)
 
         message = None
         relates_to = None
         try:
-            message = await read_message(request.headers.get("content-type", ""), _timed(request.stream()),
-                                         self.spool_factory)
+            body = _timed(request.stream())
+            if self.max_request_bytes:
+                # Content-Length may be absent (chunked) or wrong: count what really arrives.
+                body = _limited(body, self.max_request_bytes)
+            message = await read_message(request.headers.get("content-type", ""), body, self.spool_factory)
             envelope = parse_envelope(message.envelope_root, self.understood)
             relates_to = envelope.message_id
             handler = self.handlers.get(envelope.action)
@@ -100,10 +109,20 @@ class SoapService:
                                 subcode=f"{{{WSA}}}ActionNotSupported")
             log.info("SOAP %s message %s", envelope.action, envelope.message_id)
             reply = await handler(SoapRequest(envelope, message, self.spool_factory))
+
+            envelope_out = build_envelope(reply.action, reply.body, relates_to=relates_to)
+            if message.is_mtom:
+                content_type, body_out = mtom_response(envelope_out, reply.parts)
+            else:
+                content_type, body_out = inline_response(envelope_out, reply.parts)
         except ClientDisconnect:
             log.info("client went away before the request body ended")
             _discard(message)
             return Response(status_code=400)
+        except RequestTooLarge as fault:
+            log.info("SOAP request refused: %s", fault.reason)
+            _discard(message)
+            return _fault_response(fault, None, status=413)
         except SoapFault as fault:
             log.info("SOAP fault %s: %s", fault.code, fault.reason)
             _discard(message)
@@ -113,13 +132,19 @@ class SoapService:
             _discard(message)
             return _fault_response(SoapFault("Receiver", "internal error"), relates_to)
 
-        envelope_out = build_envelope(reply.action, reply.body, relates_to=relates_to)
-        if message.is_mtom:
-            content_type, body = mtom_response(envelope_out, reply.parts)
-        else:
-            content_type, body = inline_response(envelope_out, reply.parts)
-        return StreamingResponse(_then_discard(body, message), status_code=reply.http_status,
+        return StreamingResponse(_then_discard(body_out, message), status_code=reply.http_status,
                                  media_type=None, headers={"Content-Type": content_type})
+
+
+async def _lifespan(receive, send) -> None:
+    """Nothing to start or stop: acknowledge the server's lifespan events."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def _timed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -134,6 +159,23 @@ async def _timed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             raise SoapFault("Sender", f"the request body stalled for {BODY_READ_TIMEOUT:.0f} s before its end") from None
         if chunk:
             yield chunk
+
+
+class RequestTooLarge(SoapFault):
+    """The request body is longer than the endpoint accepts (HTTP 413)."""
+
+    def __init__(self, limit: int):
+        super().__init__("Sender", f"the request exceeds {limit} bytes")
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """The request body, failing as soon as more than ``limit`` bytes have arrived."""
+    received = 0
+    async for chunk in stream:
+        received += len(chunk)
+        if received > limit:
+            raise RequestTooLarge(limit)
+        yield chunk
 
 
 async def _then_discard(body: AsyncIterator[bytes], message: IncomingMessage) -> AsyncIterator[bytes]:
