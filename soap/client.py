@@ -44,7 +44,7 @@ class SoapClient:
                                                   "application/xml")):
                         raise SoapTransportError(f"{url} answered HTTP {response.status_code} with "
                                                  f"{reply_type or 'no content type'}, not SOAP")
-                    reply = await read_message(reply_type, response.aiter_raw(), spool_factory)
+                    reply = await read_message(reply_type, response.aiter_bytes(), spool_factory)  # decoded
         except httpx.HTTPError as exc:
             raise SoapTransportError(f"{url}: {exc.__class__.__name__}: {exc}") from None
 
