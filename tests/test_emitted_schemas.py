@@ -16,6 +16,7 @@ import asyncio
 import base64
 import copy
 import importlib.util
+import re
 import uuid
 from types import SimpleNamespace
 from urllib.parse import unquote
@@ -68,7 +69,12 @@ def assert_valid_message(answer: Answer, schema: etree.XMLSchema | None = None) 
     envelope_schema = envelope_and_addressing_schema()
     assert envelope_schema.validate(answer.envelope), envelope_schema.error_log
 
-    assert answer.envelope.find(f"{{{SOAP}}}Header/{{{WSA}}}Action") is not None
+    header = answer.envelope.find(f"{{{SOAP}}}Header")
+    action = header.find(f"{{{WSA}}}Action")
+    assert action.get(f"{{{SOAP}}}mustUnderstand") in ("1", "true"), "IHE_WSA101"
+    request_message_id = getattr(answer, "request_message_id", None)
+    if request_message_id:  # a reply names the request it answers
+        assert header.findtext(f"{{{WSA}}}RelatesTo") == request_message_id
     if schema is None:  # a Fault: the envelope schema knows its elements
         return
     # Validate a standalone copy so that the Body element is the document root.
@@ -96,7 +102,10 @@ def client(tmp_path_factory):
 
 
 def post(client, envelope: bytes, content_type: str = "application/soap+xml", path: str = REPOSITORY) -> Answer:
-    return answer_of(client.post(path, content=envelope, headers={"Content-Type": content_type}))
+    answer = answer_of(client.post(path, content=envelope, headers={"Content-Type": content_type}))
+    message_id = re.search(rb"<wsa:MessageID>([^<]+)</wsa:MessageID>", envelope)
+    answer.request_message_id = message_id.group(1).decode() if message_id else None
+    return answer
 
 
 def post_mtom(client, envelope: bytes, action: str, path: str = REPOSITORY) -> Answer:
@@ -124,6 +133,7 @@ def test_iti41_success_response_is_valid(client, mtom):
     answer = post_mtom(client, envelope, ebrim.ITI41_ACTION) if mtom else post(client, envelope)
 
     assert answer.status == ebrim.SUCCESS
+    assert answer.action == ebrim.ITI41_RESPONSE_ACTION
     assert answer.body.tag == ebrim.q("rs", "RegistryResponse")
     assert_valid_message(answer, official_iti_schema())
 
@@ -156,6 +166,7 @@ def test_iti43_success_response_is_valid(client, stored, mtom):
     answer = post_mtom(client, envelope, ebrim.ITI43_ACTION) if mtom else post(client, envelope)
 
     assert answer.status == ebrim.SUCCESS
+    assert answer.action == ebrim.ITI43_RESPONSE_ACTION
     assert answer.is_mtom == mtom
     assert answer.documents() == {stored: ("text/plain", b"stored\r\n")}
     assert_valid_message(answer, official_iti_schema())
@@ -197,6 +208,7 @@ def test_iti18_find_documents_response_is_valid(client, stored, return_type):
 
     assert answer.body.tag == ebrim.q("query", "AdhocQueryResponse")
     assert answer.body.get("status") == ebrim.SUCCESS
+    assert answer.action == ebrim.ITI18_RESPONSE_ACTION
     found = "ExtrinsicObject" if return_type == ebrim.RETURN_LEAF_CLASS else "ObjectRef"
     assert len(answer.body.findall(f"{ebrim.q('rim', 'RegistryObjectList')}/{ebrim.q('rim', found)}")) >= 1
     assert_valid_message(answer, official_iti_schema())
@@ -249,6 +261,7 @@ def test_iti42_response_of_the_embedded_registry_is_valid(client, valid):
     answer = post(client, submit_objects(new_unique_id(), with_patient=valid), path=REGISTRY)
 
     assert answer.status == (ebrim.SUCCESS if valid else ebrim.FAILURE)
+    assert answer.action == ebrim.ITI42_RESPONSE_ACTION
     assert_valid_message(answer, official_iti_schema())
 
 
@@ -276,13 +289,20 @@ FAULT_REQUESTS = {
 }
 
 
-@pytest.mark.parametrize("name", list(FAULT_REQUESTS))
+FAULT_CASES = [
+    pytest.param(name, marks=pytest.mark.xfail(
+        strict=True, reason="soap/service.py reads the request's MessageID only after the envelope's "
+        "checks pass, so a MustUnderstand fault carries no wsa:RelatesTo")) if name == "must-understand" else name
+    for name in FAULT_REQUESTS
+]
+
+
+@pytest.mark.parametrize("name", FAULT_CASES)
 def test_soap_fault_is_a_valid_soap12_envelope(client, name):
     request, expected_code, expected_subcode = FAULT_REQUESTS[name]
-    response = client.post(REPOSITORY, content=request, headers={"Content-Type": "application/soap+xml"})
-    answer = answer_of(response)
+    answer = post(client, request)
 
-    assert response.status_code == (400 if expected_code == "Sender" else 500)
+    assert answer.status_code == (400 if expected_code == "Sender" else 500)
     assert answer.fault_code() == (expected_code, expected_subcode)
     assert_valid_message(answer)
 
@@ -314,8 +334,13 @@ def test_iti42_request_sent_by_the_repository_is_valid(tmp_path, registry_stub):
         assert post(test_client, provide_and_register(unique_id, b"to register")).status == ebrim.SUCCESS
 
     ((content_type, body),) = received
+    assert content_type.startswith("application/soap+xml"), "ITI-42 is Simple SOAP"
     request = captured(content_type, body)
     assert request.action == ebrim.ITI42_ACTION
+    header = request.envelope.find(f"{{{SOAP}}}Header")
+    assert header.findtext(f"{{{WSA}}}ReplyTo/{{{WSA}}}Address") == "http://www.w3.org/2005/08/addressing/anonymous"
+    assert header.findtext(f"{{{WSA}}}MessageID")
+    assert header.findtext(f"{{{WSA}}}To") == url
     assert request.body.tag == ebrim.q("lcm", "SubmitObjectsRequest")
     # The repository adds what only it knows before registering.
     extrinsic = next(request.body.iter(ebrim.q("rim", "ExtrinsicObject")))
@@ -368,6 +393,7 @@ def test_kos_provide_and_register_sent_by_the_publisher_is_valid(tmp_path, repos
     assert publication.status == ebrim.SUCCESS
     ((content_type, body),) = received
     assert content_type.startswith("multipart/related")
+    assert 'type="application/xop+xml"' in content_type and 'start-info="application/soap+xml"' in content_type
     request = captured(content_type, body)
     assert request.action == ebrim.ITI41_ACTION
     assert request.body.tag == ebrim.q("xds", "ProvideAndRegisterDocumentSetRequest")
@@ -420,6 +446,7 @@ def test_rad69_response_is_valid(imaging_source, case):
 
     expected = {"success": ebrim.SUCCESS, "partial": ebrim.PARTIAL_SUCCESS, "failure": ebrim.FAILURE}[case]
     assert answer.status == expected
+    assert answer.action == ebrim.ITI43_RESPONSE_ACTION, "RAD-69 answers with the ITI-43 response action"
     # The answer is the ITI-43 RetrieveDocumentSetResponse (RAD-69 reuses it).
     assert answer.body.tag == ebrim.q("xds", "RetrieveDocumentSetResponse")
     assert_valid_message(answer, official_iti_schema())
