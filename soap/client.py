@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import httpx
 from lxml import etree
 
 from soap.envelope import build_envelope
-from soap.faults import SoapFault, parse_fault
-from soap.mtom import IncomingMessage, OutgoingPart, inline_response, mtom_response, read_message
+from soap.faults import parse_fault
+from soap.mtom import (
+    IncomingMessage,
+    OutgoingPart,
+    inline_response,
+    mtom_response,
+    read_message,
+)
 from soap.spool import Spool
 from soap.xml import SOAP12_ENV, WSA_ANONYMOUS
 
@@ -36,15 +42,16 @@ class SoapClient:
         spool_factory = spool_factory or (lambda: Spool(tempfile.gettempdir()))
 
         try:
-            async with httpx.AsyncClient(timeout=self.timeout) as client:
-                async with client.stream("POST", url, content=content,
-                                         headers={"Content-Type": content_type}) as response:
-                    reply_type = response.headers.get("content-type", "")
-                    if not reply_type.startswith(("multipart/related", "application/soap+xml", "text/xml",
-                                                  "application/xml")):
-                        raise SoapTransportError(f"{url} answered HTTP {response.status_code} with "
-                                                 f"{reply_type or 'no content type'}, not SOAP")
-                    reply = await read_message(reply_type, response.aiter_bytes(), spool_factory)  # decoded
+            async with (
+                httpx.AsyncClient(timeout=self.timeout) as client,
+                client.stream("POST", url, content=content, headers={"Content-Type": content_type}) as response,
+            ):
+                reply_type = response.headers.get("content-type", "")
+                if not reply_type.startswith(("multipart/related", "application/soap+xml", "text/xml",
+                                              "application/xml")):
+                    raise SoapTransportError(f"{url} answered HTTP {response.status_code} with "
+                                             f"{reply_type or 'no content type'}, not SOAP")
+                reply = await read_message(reply_type, response.aiter_bytes(), spool_factory)  # decoded
         except httpx.HTTPError as exc:
             raise SoapTransportError(f"{url}: {exc.__class__.__name__}: {exc}") from None
 

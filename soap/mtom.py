@@ -15,11 +15,11 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterable
 from urllib.parse import quote, unquote
 
 from lxml import etree

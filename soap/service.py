@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from xml.sax.saxutils import quoteattr
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 from starlette.requests import ClientDisconnect, Request
@@ -21,8 +21,15 @@ from starlette.responses import Response, StreamingResponse
 
 from soap.envelope import SoapEnvelope, build_envelope, parse_envelope
 from soap.faults import SoapFault
-from soap.mtom import Attachment, IncomingMessage, OutgoingPart, document_content, inline_response, \
-    mtom_response, read_message
+from soap.mtom import (
+    Attachment,
+    IncomingMessage,
+    OutgoingPart,
+    document_content,
+    inline_response,
+    mtom_response,
+    read_message,
+)
 from soap.xml import WSA
 
 log = logging.getLogger(__name__)
@@ -155,7 +162,7 @@ async def _timed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             chunk = await asyncio.wait_for(iterator.__anext__(), BODY_READ_TIMEOUT)
         except StopAsyncIteration:
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SoapFault("Sender", f"the request body stalled for {BODY_READ_TIMEOUT:.0f} s before its end") from None
         if chunk:
             yield chunk

@@ -10,6 +10,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Self
 
 
 class Spool:
@@ -42,7 +43,7 @@ class Spool:
             self._file.close()
         self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "Spool":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
