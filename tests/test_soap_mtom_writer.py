@@ -9,15 +9,23 @@ import hashlib
 import os
 import threading
 import time
-from typing import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Self
 
 import pytest
 from lxml import etree
 
 from soap.envelope import build_envelope, parse_envelope
 from soap.faults import SoapFault
-from soap.mtom import IncomingMessage, OutgoingPart, document_content, inline_response, mtom_response, \
-    read_message, xop_include
+from soap.mtom import (
+    IncomingMessage,
+    OutgoingPart,
+    document_content,
+    inline_response,
+    mtom_response,
+    read_message,
+    xop_include,
+)
 from soap.spool import Spool
 from soap.xml import XOP_NS, parse_xml
 from tests import corpus
@@ -184,7 +192,7 @@ def resident_kib() -> int:
 class PeakRss:
     """Samples this process's resident set size in a thread while the block runs."""
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> Self:
         self.baseline = resident_kib()
         self.peak = self.baseline
         self._stop = threading.Event()

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from lxml import etree
+from starlette.middleware.gzip import GZipMiddleware
 
 from soap.client import SoapClient, SoapTransportError
 from soap.faults import SoapFault
@@ -76,6 +77,14 @@ async def crash(request: SoapRequest) -> SoapReply:
     raise RuntimeError("secret internal detail /some/path")
 
 
+async def bad_reply(request: SoapRequest) -> SoapReply:
+    """A handler bug: its reply references an attachment it does not supply."""
+    CALLS.actions.append(request.envelope.action)
+    body = etree.Element("{urn:test}Reply")
+    xop_include(etree.SubElement(body, "{urn:test}Document"), "forgotten@test")
+    return SoapReply("urn:test:BadReplyResponse", body)
+
+
 CALLS = Calls()
 
 
@@ -88,7 +97,7 @@ def server(tmp_path_factory):
     spools.mkdir()
     service = SoapService(
         {"urn:test:Echo": echo, PNR_ACTION: provide_and_register, "urn:test:Refuse": refuse,
-         "urn:test:Crash": crash},
+         "urn:test:Crash": crash, "urn:test:BadReply": bad_reply},
         spool_factory=lambda: Spool(spools), wsdl_path=wsdl, max_request_bytes=MAX_REQUEST_BYTES,
     )
     with serve(service) as url:
@@ -174,6 +183,23 @@ def test_handler_crash_is_a_receiver_fault_without_internal_detail(url):
     assert fault.findtext(f"{{{ENV}}}Code/{{{ENV}}}Value") == "env:Receiver"
 
 
+def test_handler_reply_that_cannot_be_built_is_a_receiver_fault(url):
+    with pytest.raises(SoapFault) as caught:
+        call(url, "urn:test:BadReply", ping())
+    assert (caught.value.code, caught.value.reason) == ("Receiver", "internal error")
+
+
+def test_client_reads_a_gzip_encoded_reply(tmp_path):
+    service = SoapService({"urn:test:Echo": echo}, spool_factory=lambda: Spool(tmp_path))
+    with serve(GZipMiddleware(service, minimum_size=10)) as base:
+        response = httpx.post(base, content=corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Echo"),
+                              headers={"Content-Type": "application/soap+xml", "Accept-Encoding": "gzip"})
+        assert response.headers["content-encoding"] == "gzip"  # the path under test is taken
+        reply = call(base, "urn:test:Echo", ping(b"compressed on the way back"))
+    [document] = reply.envelope_root.findall(".//{urn:test}Document")
+    assert base64.b64decode(document.text) == b"compressed on the way back"
+
+
 def test_unknown_action_is_400_action_not_supported(url):
     with pytest.raises(SoapFault) as caught:
         call(url, "urn:test:Nobody", ping())
@@ -246,7 +272,7 @@ def read_until_closed(sock: socket.socket, timeout: float = 5) -> bytes:
     try:
         while chunk := sock.recv(65536):
             data += chunk
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return data
 
@@ -300,7 +326,7 @@ def test_stale_content_length_on_an_open_connection_times_out_with_a_fault(url, 
 
 
 def test_expect_100_continue_with_lower_case_headers_is_answered(url):
-    content_type, body = corpus.boundary_test_request(crlf=True)
+    _, body = corpus.boundary_test_request(crlf=True)
     head = corpus.read("nist-boundryTest-request_hdr.txt").decode("latin-1").split("\r\n")
     lines = ["POST /soap/echo HTTP/1.1"]
     for line in head[1:]:
