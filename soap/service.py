@@ -30,7 +30,7 @@ from soap.mtom import (
     mtom_response,
     read_message,
 )
-from soap.xml import WSA
+from soap.xml import SOAP12_ENV, WSA
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class SoapService:
         except SoapFault as fault:
             log.info("SOAP fault %s: %s", fault.code, fault.reason)
             _discard(message)
-            return _fault_response(fault, relates_to)
+            return _fault_response(fault, relates_to or _message_id(message))
         except Exception:
             log.exception("internal error while handling a SOAP request")
             _discard(message)
@@ -191,6 +191,15 @@ async def _then_discard(body: AsyncIterator[bytes], message: IncomingMessage) ->
             yield chunk
     finally:
         _discard(message)
+
+
+def _message_id(message: IncomingMessage | None) -> str | None:
+    """The request's wsa:MessageID when the envelope's checks failed before reading it (e.g. a
+    MustUnderstand fault), so that the fault still names the request it answers."""
+    if message is None or message.envelope_root is None:
+        return None
+    found = message.envelope_root.findall(f"{{{SOAP12_ENV}}}Header/{{{WSA}}}MessageID")
+    return (found[0].text or "").strip() or None if len(found) == 1 else None
 
 
 def _discard(message: IncomingMessage | None) -> None:
