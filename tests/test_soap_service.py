@@ -234,6 +234,21 @@ def test_corpus_mtom_requests_reach_the_handler(url, server):
     assert leftover_spools(server) == []
 
 
+def test_must_understand_fault_over_http_names_the_block_and_relates_to_the_request(url):
+    request = corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Echo").replace(
+        b"</soap:Header>", b'<v:Secret xmlns:v="urn:vendor" soap:mustUnderstand="true"/></soap:Header>')
+    message_id = re.search(rb"<wsa:MessageID>([^<]+)<", request).group(1).decode()
+    response = httpx.post(url, content=request, headers={"Content-Type": "application/soap+xml"})
+
+    assert response.status_code == 500
+    header = parse_xml(response.content).find(f"{{{ENV}}}Header")
+    assert header.findtext(f"{{{WSA}}}RelatesTo") == message_id
+    block = header.find(f"{{{ENV}}}NotUnderstood")
+    prefix, _, local = block.get("qname").partition(":")
+    assert (block.nsmap[prefix], local) == ("urn:vendor", "Secret")
+    assert CALLS.actions == []
+
+
 def test_soap11_request_over_http_is_500_version_mismatch(url):
     soap11 = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><x/></s:Body>'
               b"</s:Envelope>")
