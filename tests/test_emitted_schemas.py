@@ -289,12 +289,7 @@ FAULT_REQUESTS = {
 }
 
 
-FAULT_CASES = [
-    pytest.param(name, marks=pytest.mark.xfail(
-        strict=True, reason="soap/service.py reads the request's MessageID only after the envelope's "
-        "checks pass, so a MustUnderstand fault carries no wsa:RelatesTo")) if name == "must-understand" else name
-    for name in FAULT_REQUESTS
-]
+FAULT_CASES = list(FAULT_REQUESTS)
 
 
 @pytest.mark.parametrize("name", FAULT_CASES)
