@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,14 @@ Handler = Callable[[SoapRequest], Awaitable[SoapReply]]
 
 
 class SoapService:
-    def __init__(self, handlers: dict[str, Handler], spool_factory: Callable, wsdl_path: Path | None = None,
-                 understood: frozenset[str] | set[str] = frozenset(), max_request_bytes: int | None = None):
+    def __init__(
+        self,
+        handlers: dict[str, Handler],
+        spool_factory: Callable,
+        wsdl_path: Path | None = None,
+        understood: frozenset[str] | set[str] = frozenset(),
+        max_request_bytes: int | None = None,
+    ):
         self.handlers = handlers
         self.spool_factory = spool_factory
         self.wsdl_path = wsdl_path
@@ -77,28 +84,48 @@ class SoapService:
             raise RuntimeError(f"a SOAP endpoint serves HTTP only, not {scope['type']}")
         request = Request(scope, receive)
         if request.method == "GET":
-            response = self._wsdl(request)
-        elif request.method == "POST":
-            response = await self._post(request)
-        else:
-            response = Response(status_code=405, headers={"Allow": "GET, POST"})
-        await response(scope, receive, send)
+            await self._wsdl(request)(scope, receive, send)
+            return
+        if request.method != "POST":
+            await Response(status_code=405, headers={"Allow": "GET, POST"})(scope, receive, send)
+            return
+
+        exchange = _Exchange()
+        try:
+            response = await self._post(request, exchange)
+            try:
+                await response(scope, receive, send)
+            except BaseException:
+                exchange.outcome += "; sending it failed"
+                raise
+        finally:
+            # Whatever happened to the reply (sent, failed, client gone), the request's spools
+            # go; a handler that kept a document has moved its file away already.
+            _discard(exchange.message)
+            exchange.log_outcome()
 
     def _wsdl(self, request: Request) -> Response:
         if "wsdl" not in {key.lower() for key in request.query_params} or self.wsdl_path is None:
-            return Response("this is a SOAP 1.2 endpoint: POST a message, or GET ?wsdl\n", status_code=404,
-                            media_type="text/plain")
+            return Response(
+                "this is a SOAP 1.2 endpoint: POST a message, or GET ?wsdl\n",
+                status_code=404,
+                media_type="text/plain",
+            )
         wsdl = self.wsdl_path.read_text(encoding="utf-8")
         # Name the address the client actually used, not the one written in the file.
         # The Host header is the client's to choose: escape it as an attribute value.
         endpoint = quoteattr(str(request.url.replace(query="")))
-        wsdl = re.sub(r'(<(?:\w+:)?address\s+location=)"[^"]*"', lambda match: match.group(1) + endpoint, wsdl)
+        wsdl = re.sub(
+            r'(<(?:\w+:)?address\s+location=)"[^"]*"', lambda match: match.group(1) + endpoint, wsdl
+        )
         return Response(wsdl, media_type="text/xml; charset=utf-8")
 
-    async def _post(self, request: Request) -> Response:
+    async def _post(self, request: Request, exchange: _Exchange) -> Response:
         declared = request.headers.get("content-length")
-        if self.max_request_bytes and declared and declared.isdigit() and int(declared) > self.max_request_bytes:
-            return _fault_response(RequestTooLarge(self.max_request_bytes), None, status=413)
+        limit = self.max_request_bytes
+        if limit and declared and declared.isdigit() and int(declared) > limit:
+            exchange.outcome = "fault Sender (413 too large)"
+            return _fault_response(RequestTooLarge(limit), None, status=413)
 
         message = None
         relates_to = None
@@ -107,15 +134,28 @@ class SoapService:
             if self.max_request_bytes:
                 # Content-Length may be absent (chunked) or wrong: count what really arrives.
                 body = _limited(body, self.max_request_bytes)
-            message = await read_message(request.headers.get("content-type", ""), body, self.spool_factory)
+            content_type = request.headers.get("content-type", "")
+            message = await read_message(content_type, body, self.spool_factory)
+            exchange.message = message
             envelope = parse_envelope(message.envelope_root, self.understood)
             relates_to = envelope.message_id
+            exchange.action, exchange.message_id = envelope.action, envelope.message_id
             handler = self.handlers.get(envelope.action)
             if handler is None:
-                raise SoapFault("Sender", f"action {envelope.action!r} is not supported at this endpoint",
-                                subcode=f"{{{WSA}}}ActionNotSupported")
-            log.info("SOAP %s message %s", envelope.action, envelope.message_id)
+                raise SoapFault(
+                    "Sender",
+                    f"action {envelope.action!r} is not supported at this endpoint",
+                    subcode=f"{{{WSA}}}ActionNotSupported",
+                )
+            log.info(
+                "SOAP request %s, message %s",
+                envelope.action,
+                envelope.message_id,
+                extra={"wsa_action": envelope.action, "wsa_message_id": envelope.message_id},
+            )
+            exchange.in_handler = True
             reply = await handler(SoapRequest(envelope, message, self.spool_factory))
+            exchange.in_handler = False
 
             envelope_out = build_envelope(reply.action, reply.body, relates_to=relates_to)
             if message.is_mtom:
@@ -123,24 +163,71 @@ class SoapService:
             else:
                 content_type, body_out = inline_response(envelope_out, reply.parts)
         except ClientDisconnect:
-            log.info("client went away before the request body ended")
-            _discard(message)
+            exchange.outcome = "client went away before the request body ended"
             return Response(status_code=400)
         except RequestTooLarge as fault:
-            log.info("SOAP request refused: %s", fault.reason)
-            _discard(message)
+            exchange.outcome = "fault Sender (413 too large)"
             return _fault_response(fault, None, status=413)
         except SoapFault as fault:
-            log.info("SOAP fault %s: %s", fault.code, fault.reason)
-            _discard(message)
-            return _fault_response(fault, relates_to or _message_id(message))
+            exchange.outcome = _fault_outcome(fault, exchange.in_handler)
+            exchange.message_id = exchange.message_id or _message_id(message)
+            return _fault_response(fault, relates_to or exchange.message_id)
         except Exception:
-            log.exception("internal error while handling a SOAP request")
-            _discard(message)
+            log.exception(
+                "internal error while handling SOAP request %s, message %s",
+                exchange.action,
+                exchange.message_id,
+                extra={"wsa_action": exchange.action, "wsa_message_id": exchange.message_id},
+            )
+            exchange.outcome = "fault Receiver: internal error"
             return _fault_response(SoapFault("Receiver", "internal error"), relates_to)
 
-        return StreamingResponse(_then_discard(body_out, message), status_code=reply.http_status,
-                                 media_type=None, headers={"Content-Type": content_type})
+        exchange.outcome = f"reply {reply.action} (HTTP {reply.http_status})"
+        return StreamingResponse(
+            body_out,
+            status_code=reply.http_status,
+            media_type=None,
+            headers={"Content-Type": content_type},
+        )
+
+
+def _fault_outcome(fault: SoapFault, raised_by_handler: bool) -> str:
+    """The fault for the INFO log. Our own faults name what is wrong with the message's form
+    (MIME, XML, envelope, addressing), never its content; a handler's reason may quote its
+    content, so it goes to DEBUG only."""
+    subcode = f" ({fault.subcode})" if fault.subcode else ""
+    if not raised_by_handler:
+        return f"fault {fault.code}{subcode}: {fault.reason}"
+    log.debug("SOAP fault reason from the handler: %s", fault.reason)
+    return f"fault {fault.code}{subcode} raised by the handler"
+
+
+class _Exchange:
+    """What one POST did, for the closing log line and the clean-up of its spools."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.message: IncomingMessage | None = None
+        self.action: str | None = None
+        self.message_id: str | None = None
+        self.in_handler = False
+        self.outcome = "no answer"
+
+    def log_outcome(self) -> None:
+        duration_ms = round((time.monotonic() - self.started) * 1000)
+        log.info(
+            "SOAP request %s, message %s: %s (%d ms)",
+            self.action,
+            self.message_id,
+            self.outcome,
+            duration_ms,
+            extra={
+                "wsa_action": self.action,
+                "wsa_message_id": self.message_id,
+                "outcome": self.outcome,
+                "duration_ms": duration_ms,
+            },
+        )
 
 
 async def _lifespan(receive, send) -> None:
@@ -163,7 +250,9 @@ async def _timed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise SoapFault("Sender", f"the request body stalled for {BODY_READ_TIMEOUT:.0f} s before its end") from None
+            raise SoapFault(
+                "Sender", f"the request body stalled for {BODY_READ_TIMEOUT:.0f} s before its end"
+            ) from None
         if chunk:
             yield chunk
 
@@ -185,14 +274,6 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         yield chunk
 
 
-async def _then_discard(body: AsyncIterator[bytes], message: IncomingMessage) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in body:
-            yield chunk
-    finally:
-        _discard(message)
-
-
 def _message_id(message: IncomingMessage | None) -> str | None:
     """The request's wsa:MessageID when the envelope's checks failed before reading it (e.g. a
     MustUnderstand fault), so that the fault still names the request it answers."""
@@ -207,6 +288,11 @@ def _discard(message: IncomingMessage | None) -> None:
         message.discard()
 
 
-def _fault_response(fault: SoapFault, relates_to: str | None, status: int | None = None) -> Response:
-    return Response(fault.to_envelope(relates_to), status_code=status or fault.http_status,
-                    media_type="application/soap+xml; charset=utf-8")
+def _fault_response(
+    fault: SoapFault, relates_to: str | None, status: int | None = None
+) -> Response:
+    return Response(
+        fault.to_envelope(relates_to),
+        status_code=status or fault.http_status,
+        media_type="application/soap+xml; charset=utf-8",
+    )
