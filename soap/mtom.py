@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from lxml import etree
+from starlette.concurrency import iterate_in_threadpool
 
 from soap.faults import SoapFault
 from soap.xml import XOP_NS, XmlError, parse_xml
@@ -57,13 +58,19 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     """Media type (lower case) and parameters (names lower case, values unquoted)."""
     message = Message()
     message["content-type"] = value
-    params = {key.lower(): collapse_rfc2231_value(val)  # RFC 2231 values arrive as tuples
-              for key, val in message.get_params(failobj=[], header="content-type")[1:]}
+    params = {
+        key.lower(): collapse_rfc2231_value(val)  # RFC 2231 values arrive as tuples
+        for key, val in message.get_params(failobj=[], header="content-type")[1:]
+    }
     return message.get_content_type(), params
 
 
-async def read_message(content_type: str, chunks: AsyncIterator[bytes], spool_factory: Callable,
-                       max_root_bytes: int = 64 << 20) -> IncomingMessage:
+async def read_message(
+    content_type: str,
+    chunks: AsyncIterator[bytes],
+    spool_factory: Callable,
+    max_root_bytes: int = 64 << 20,
+) -> IncomingMessage:
     """Read a SOAP request or response body: MTOM/XOP or plain SOAP."""
     media_type, params = parse_content_type(content_type or "")
 
@@ -76,8 +83,11 @@ async def read_message(content_type: str, chunks: AsyncIterator[bytes], spool_fa
         return IncomingMessage(_parse_root(bytes(data)), {}, False)
 
     if media_type != "multipart/related":
-        raise SoapFault("Sender", f"unsupported media type {media_type or '(none)'}: expected multipart/related "
-                        "(MTOM/XOP) or application/soap+xml")
+        raise SoapFault(
+            "Sender",
+            f"unsupported media type {media_type or '(none)'}: expected multipart/related "
+            "(MTOM/XOP) or application/soap+xml",
+        )
     boundary = params.get("boundary")
     if not boundary:
         raise SoapFault("Sender", "the multipart/related Content-Type has no boundary parameter")
@@ -147,11 +157,16 @@ class _MultipartReader:
         if self.state == "preamble":
             raise SoapFault("Sender", "malformed MIME: no boundary delimiter found in the body")
         if self.state != "epilogue":
-            raise SoapFault("Sender", "malformed MIME: the body ends before the closing boundary delimiter "
-                            "(truncated message?)")
+            raise SoapFault(
+                "Sender",
+                "malformed MIME: the body ends before the closing boundary delimiter "
+                "(truncated message?)",
+            )
         if self.root is None:
             wanted = f"the part with Content-ID <{self.start}>" if self.start else "a root part"
-            raise SoapFault("Sender", f"malformed MIME: the message has no root part ({wanted} is missing)")
+            raise SoapFault(
+                "Sender", f"malformed MIME: the message has no root part ({wanted} is missing)"
+            )
         return self.root, self.attachments
 
     def discard(self) -> None:
@@ -175,7 +190,7 @@ class _MultipartReader:
             # At offset 0 of a trimmed buffer the byte before is gone; such a delimiter was
             # already seen whole, and judged, before the trim.
             if found > 0:
-                at_line_start = self.buffer[found - 1:found] == b"\n"
+                at_line_start = self.buffer[found - 1 : found] == b"\n"
             else:
                 at_line_start = not self.preamble_trimmed
             if at_line_start:
@@ -209,7 +224,9 @@ class _MultipartReader:
             block, rest = b"", self.buffer.index(b"\n") + 1
         elif match is None:
             if len(self.buffer) > MAX_HEADER_BYTES:
-                raise SoapFault("Sender", "malformed MIME: a part's header block is too long or never ends")
+                raise SoapFault(
+                    "Sender", "malformed MIME: a part's header block is too long or never ends"
+                )
             return False
         else:
             block, rest = bytes(self.buffer[: match.start()]), match.end()
@@ -217,20 +234,31 @@ class _MultipartReader:
 
         headers = _parse_headers(block)
         if not headers:
-            raise SoapFault("Sender", "malformed MIME: a part has no headers (Content-Type/Content-ID expected)")
+            raise SoapFault(
+                "Sender", "malformed MIME: a part has no headers (Content-Type/Content-ID expected)"
+            )
         content_id = headers.get("content-id", "").strip().strip("<>").strip()
         is_root = (content_id == self.start) if self.start else not self.parts
         if content_id and content_id in self.content_ids:
-            raise SoapFault("Sender", f"malformed MIME: two parts have the Content-ID <{content_id}>")
+            raise SoapFault(
+                "Sender", f"malformed MIME: two parts have the Content-ID <{content_id}>"
+            )
         if not content_id and not is_root:
             # XOP references every attachment by its Content-ID: one without is unusable.
-            raise SoapFault("Sender", f"malformed MIME: part {len(self.parts) + 1} has no Content-ID")
+            raise SoapFault(
+                "Sender", f"malformed MIME: part {len(self.parts) + 1} has no Content-ID"
+            )
         self.content_ids.add(content_id)
         encoding = headers.get("content-transfer-encoding", "binary").strip().lower()
         if encoding not in ("binary", "8bit", "7bit", "base64"):
             raise SoapFault("Sender", f"unsupported Content-Transfer-Encoding {encoding!r}")
-        self.part = _Part(content_id, headers.get("content-type", "application/octet-stream"), encoding,
-                          None if is_root else self.spool_factory(), self.max_root_bytes)
+        self.part = _Part(
+            content_id,
+            headers.get("content-type", "application/octet-stream"),
+            encoding,
+            None if is_root else self.spool_factory(),
+            self.max_root_bytes,
+        )
         self.parts.append(self.part)
         self.state = "body"
         return True
@@ -245,7 +273,7 @@ class _MultipartReader:
                 self.part.write(bytes(self.buffer[: len(self.buffer) - keep]))
                 del self.buffer[: len(self.buffer) - keep]
             return False
-        end = found - 1 if found > 0 and self.buffer[found - 1:found] == b"\r" else found
+        end = found - 1 if found > 0 and self.buffer[found - 1 : found] == b"\r" else found
         self.part.write(bytes(self.buffer[:end]))
         del self.buffer[: found + len(marker)]
         self._end_part()
@@ -292,7 +320,9 @@ class _Part:
         try:
             return base64.b64decode(text[:usable], validate=True)
         except binascii.Error:
-            raise SoapFault("Sender", f"MIME part <{self.content_id}> is not valid base64") from None
+            raise SoapFault(
+                "Sender", f"MIME part <{self.content_id}> is not valid base64"
+            ) from None
 
     def finish_root(self) -> bytes:
         if self.base64:
@@ -303,7 +333,13 @@ class _Part:
         if self.base64:
             self.spool.write(self._decode(b"", final=True))
         self.spool.close()
-        return Attachment(self.content_id, self.content_type, Path(self.spool.path), self.spool.sha1, self.spool.size)
+        return Attachment(
+            self.content_id,
+            self.content_type,
+            Path(self.spool.path),
+            self.spool.sha1,
+            self.spool.size,
+        )
 
     def discard(self) -> None:
         if self.spool is not None:
@@ -329,7 +365,10 @@ def _parse_headers(block: bytes) -> dict[str, str]:
 
 # XOP --------------------------------------------------------------------------------------------
 
-def document_content(element: etree._Element, message: IncomingMessage, spool_factory: Callable) -> Attachment:
+
+def document_content(
+    element: etree._Element, message: IncomingMessage, spool_factory: Callable
+) -> Attachment:
     """The bytes of a base64Binary element: its xop:Include attachment, or its inline base64."""
     include = element.find(f"{{{XOP_NS}}}Include")
     if include is not None:
@@ -340,14 +379,16 @@ def document_content(element: etree._Element, message: IncomingMessage, spool_fa
         for candidate in (unquote(raw), raw):
             if candidate in message.attachments:
                 return message.attachments[candidate]
-        raise SoapFault("Sender", f"xop:Include references {href} but no MIME part has that Content-ID")
+        raise SoapFault(
+            "Sender", f"xop:Include references {href} but no MIME part has that Content-ID"
+        )
 
     spool = spool_factory()
     try:
         pending = b""
         text = (element.text or "").encode("ascii", errors="strict")
         for offset in range(0, len(text), CHUNK):
-            piece = pending + re.sub(rb"\s+", b"", text[offset:offset + CHUNK])
+            piece = pending + re.sub(rb"\s+", b"", text[offset : offset + CHUNK])
             usable = len(piece) - len(piece) % 4
             spool.write(base64.b64decode(piece[:usable], validate=True))
             pending = piece[usable:]
@@ -356,10 +397,15 @@ def document_content(element: etree._Element, message: IncomingMessage, spool_fa
         spool.close()
     except (binascii.Error, UnicodeEncodeError):
         spool.discard()
-        raise SoapFault("Sender", f"element {etree.QName(element).localname} holds neither an xop:Include "
-                        "nor valid base64") from None
+        raise SoapFault(
+            "Sender",
+            f"element {etree.QName(element).localname} holds neither an xop:Include "
+            "nor valid base64",
+        ) from None
     content_id = f"inline-{uuid.uuid4().hex}"
-    attachment = Attachment(content_id, "application/octet-stream", Path(spool.path), spool.sha1, spool.size)
+    attachment = Attachment(
+        content_id, "application/octet-stream", Path(spool.path), spool.sha1, spool.size
+    )
     message.attachments[content_id] = attachment  # so that it is discarded with the message
     return attachment
 
@@ -369,11 +415,16 @@ def xop_include(parent: etree._Element, content_id: str) -> etree._Element:
     parent.text = None
     for child in list(parent):
         parent.remove(child)
-    return etree.SubElement(parent, f"{{{XOP_NS}}}Include", nsmap={"xop": XOP_NS},
-                            href="cid:" + quote(content_id, safe="@.-_~!$&'()*+,;=:"))
+    return etree.SubElement(
+        parent,
+        f"{{{XOP_NS}}}Include",
+        nsmap={"xop": XOP_NS},
+        href="cid:" + quote(content_id, safe="@.-_~!$&'()*+,;=:"),
+    )
 
 
 # Writing ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class OutgoingPart:
@@ -391,35 +442,49 @@ class OutgoingPart:
                 yield chunk
 
 
-def mtom_response(envelope: etree._Element, parts: list[OutgoingPart]) -> tuple[str, AsyncIterator[bytes]]:
+def mtom_response(
+    envelope: etree._Element, parts: list[OutgoingPart]
+) -> tuple[str, AsyncIterator[bytes]]:
     """Content-Type and streamed body of an MTOM/XOP package: envelope, then the parts."""
     boundary = f"MIMEBoundary_{uuid.uuid4().hex}"
     root_id = f"root.{uuid.uuid4().hex}@xdsi"
-    content_type = (f'multipart/related; type="application/xop+xml"; boundary="{boundary}"; '
-                    f'start="<{root_id}>"; start-info="application/soap+xml"')
+    content_type = (
+        f'multipart/related; type="application/xop+xml"; boundary="{boundary}"; '
+        f'start="<{root_id}>"; start-info="application/soap+xml"'
+    )
 
     async def body() -> AsyncIterator[bytes]:
-        yield (f"--{boundary}\r\nContent-Type: application/xop+xml; charset=UTF-8; type=\"application/soap+xml\"\r\n"
-               f"Content-Transfer-Encoding: binary\r\nContent-ID: <{root_id}>\r\n\r\n").encode()
+        yield (
+            f"--{boundary}\r\n"
+            'Content-Type: application/xop+xml; charset=UTF-8; type="application/soap+xml"\r\n'
+            f"Content-Transfer-Encoding: binary\r\nContent-ID: <{root_id}>\r\n\r\n"
+        ).encode()
         yield etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
         for part in parts:
-            yield (f"\r\n--{boundary}\r\nContent-Type: {part.content_type}\r\nContent-Transfer-Encoding: binary\r\n"
-                   f"Content-ID: <{part.content_id}>\r\n\r\n").encode()
-            for chunk in part.iter_bytes():
+            yield (
+                f"\r\n--{boundary}\r\nContent-Type: {part.content_type}\r\n"
+                f"Content-Transfer-Encoding: binary\r\nContent-ID: <{part.content_id}>\r\n\r\n"
+            ).encode()
+            # File reads (and any encoding behind ``chunks``) run off the event loop.
+            async for chunk in iterate_in_threadpool(part.iter_bytes()):
                 yield chunk
         yield f"\r\n--{boundary}--\r\n".encode()
 
     return content_type, body()
 
 
-def inline_response(envelope: etree._Element, parts: list[OutgoingPart]) -> tuple[str, AsyncIterator[bytes]]:
-    """The same reply as plain SOAP: each xop:Include is replaced by its bytes in base64, streamed."""
+def inline_response(
+    envelope: etree._Element, parts: list[OutgoingPart]
+) -> tuple[str, AsyncIterator[bytes]]:
+    """The same reply as plain SOAP: each xop:Include replaced by its bytes in base64, streamed."""
     by_id = {part.content_id: part for part in parts}
     markers = {}
     for include in list(envelope.iter(f"{{{XOP_NS}}}Include")):  # the loop removes them
         content_id = unquote(include.get("href", "")[4:])
         if content_id not in by_id:
-            raise ValueError(f"xop:Include references <{content_id}> but no outgoing part has that Content-ID")
+            raise ValueError(
+                f"xop:Include references <{content_id}> but no outgoing part has that Content-ID"
+            )
         marker = f"@@xdsi-part-{uuid.uuid4().hex}@@"
         markers[marker] = by_id[content_id]
         parent = include.getparent()
@@ -435,7 +500,7 @@ def inline_response(envelope: etree._Element, parts: list[OutgoingPart]) -> tupl
                 yield piece
                 continue
             carry = b""
-            for chunk in part.iter_bytes():
+            async for chunk in iterate_in_threadpool(part.iter_bytes()):
                 data = carry + chunk
                 usable = len(data) - len(data) % 3
                 yield base64.b64encode(data[:usable])

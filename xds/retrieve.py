@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from lxml import etree
 
@@ -29,9 +30,12 @@ class DocumentRequest:
 
 @dataclass
 class RetrieveResult:
-    """What a retrieve returns: served documents as (request, mime type, file), and errors."""
+    """What a retrieve returns: served documents as (request, mime type, content), and errors.
 
-    served: list[tuple[DocumentRequest, str, Path]] = field(default_factory=list)
+    The content is a file, or an iterable of bytes produced as the response streams (a
+    transcoded instance, for RAD-69)."""
+
+    served: list[tuple[DocumentRequest, str, Path | Iterable[bytes]]] = field(default_factory=list)
     errors: list[RegistryError] = field(default_factory=list)
 
     def status(self) -> str:
@@ -48,7 +52,7 @@ class RetrieveResult:
         body.append(registry_response(self.errors, status=self.status()))
 
         parts = []
-        for request, mime_type, path in self.served:
+        for request, mime_type, content in self.served:
             document_response = etree.SubElement(body, ebrim.q("xds", "DocumentResponse"))
             if request.home_community_id:
                 _text(document_response, "HomeCommunityId", request.home_community_id)
@@ -57,7 +61,10 @@ class RetrieveResult:
             _text(document_response, "mimeType", mime_type)
             content_id = f"{uuid.uuid4().hex}@xdsi"
             xop_include(etree.SubElement(document_response, ebrim.q("xds", "Document")), content_id)
-            parts.append(OutgoingPart(content_id=content_id, content_type=mime_type, path=path))
+            if isinstance(content, Path):
+                parts.append(OutgoingPart(content_id=content_id, content_type=mime_type, path=content))
+            else:
+                parts.append(OutgoingPart(content_id=content_id, content_type=mime_type, chunks=content))
         return body, parts
 
 
