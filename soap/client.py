@@ -29,9 +29,16 @@ class SoapClient:
     def __init__(self, timeout: float = 30.0):
         self.timeout = timeout
 
-    async def call(self, url: str, action: str, body: etree._Element, parts: list[OutgoingPart] = (),
-                   mtom: bool = False, spool_factory: Callable | None = None) -> IncomingMessage:
-        """Send ``body`` with ``action`` to ``url``; the reply, or SoapFault / SoapTransportError."""
+    async def call(
+        self,
+        url: str,
+        action: str,
+        body: etree._Element,
+        parts: list[OutgoingPart] = (),
+        mtom: bool = False,
+        spool_factory: Callable | None = None,
+    ) -> IncomingMessage:
+        """Send ``body`` with ``action`` to ``url``; the reply, or SoapFault/SoapTransportError."""
         envelope = build_envelope(action, body, to=url, reply_to=WSA_ANONYMOUS)
         if mtom or parts:
             content_type, content = mtom_response(envelope, list(parts))
@@ -44,14 +51,21 @@ class SoapClient:
         try:
             async with (
                 httpx.AsyncClient(timeout=self.timeout) as client,
-                client.stream("POST", url, content=content, headers={"Content-Type": content_type}) as response,
+                client.stream(
+                    "POST", url, content=content, headers={"Content-Type": content_type}
+                ) as response,
             ):
                 reply_type = response.headers.get("content-type", "")
-                if not reply_type.startswith(("multipart/related", "application/soap+xml", "text/xml",
-                                              "application/xml")):
-                    raise SoapTransportError(f"{url} answered HTTP {response.status_code} with "
-                                             f"{reply_type or 'no content type'}, not SOAP")
-                reply = await read_message(reply_type, response.aiter_bytes(), spool_factory)  # decoded
+                if not reply_type.startswith(
+                    ("multipart/related", "application/soap+xml", "text/xml", "application/xml")
+                ):
+                    raise SoapTransportError(
+                        f"{url} answered HTTP {response.status_code} with "
+                        f"{reply_type or 'no content type'}, not SOAP"
+                    )
+                reply = await read_message(
+                    reply_type, response.aiter_bytes(), spool_factory
+                )  # decoded
         except httpx.HTTPError as exc:
             raise SoapTransportError(f"{url}: {exc.__class__.__name__}: {exc}") from None
 

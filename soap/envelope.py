@@ -29,21 +29,34 @@ class SoapEnvelope:
     root: etree._Element
 
 
-def parse_envelope(root: etree._Element, understood: frozenset[str] | set[str] = frozenset()) -> SoapEnvelope:
+def parse_envelope(
+    root: etree._Element, understood: frozenset[str] | set[str] = frozenset()
+) -> SoapEnvelope:
     """Check the envelope's structure and headers; raise SoapFault when SOAP 1.2 says so.
 
     ``understood`` lists the Clark-notation names of the non-WS-Addressing header blocks the
     caller processes; any other block marked mustUnderstand gets a MustUnderstand fault.
     """
     if root.tag == f"{{{SOAP11_ENV}}}Envelope":
-        raise SoapFault("VersionMismatch", "this endpoint speaks SOAP 1.2 only; the message is a SOAP 1.1 envelope")
+        raise SoapFault(
+            "VersionMismatch",
+            "this endpoint speaks SOAP 1.2 only; the message is a SOAP 1.1 envelope",
+        )
     if root.tag != f"{{{SOAP12_ENV}}}Envelope":
-        raise SoapFault("Sender", f"the message is not a SOAP 1.2 envelope (root element {root.tag})")
+        raise SoapFault(
+            "Sender", f"the message is not a SOAP 1.2 envelope (root element {root.tag})"
+        )
 
     children = [child for child in root if isinstance(child.tag, str)]
     names = [child.tag for child in children]
-    if names not in ([f"{{{SOAP12_ENV}}}Body"], [f"{{{SOAP12_ENV}}}Header", f"{{{SOAP12_ENV}}}Body"]):
-        raise SoapFault("Sender", "a SOAP 1.2 envelope holds an optional Header followed by one Body, nothing else")
+    if names not in (
+        [f"{{{SOAP12_ENV}}}Body"],
+        [f"{{{SOAP12_ENV}}}Header", f"{{{SOAP12_ENV}}}Body"],
+    ):
+        raise SoapFault(
+            "Sender",
+            "a SOAP 1.2 envelope holds an optional Header followed by one Body, nothing else",
+        )
     header = children[0] if len(children) == 2 else None
     body_element = children[-1]
 
@@ -75,22 +88,32 @@ def _check_must_understand(header, understood) -> None:
             continue
         not_understood.append(block.tag)
     if not_understood:
-        raise SoapFault("MustUnderstand", "header block(s) marked mustUnderstand are not understood here: "
-                        + ", ".join(not_understood), not_understood=not_understood)
+        raise SoapFault(
+            "MustUnderstand",
+            "header block(s) marked mustUnderstand are not understood here: "
+            + ", ".join(not_understood),
+            not_understood=not_understood,
+        )
 
 
 def _addressing(header) -> dict:
     def single(local: str) -> etree._Element | None:
         found = [] if header is None else header.findall(f"{{{WSA}}}{local}")
         if len(found) > 1:
-            raise SoapFault("Sender", f"wsa:{local} appears {len(found)} times; at most once is allowed",
-                            subcode=f"{{{WSA}}}InvalidAddressingHeader")
+            raise SoapFault(
+                "Sender",
+                f"wsa:{local} appears {len(found)} times; at most once is allowed",
+                subcode=f"{{{WSA}}}InvalidAddressingHeader",
+            )
         return found[0] if found else None
 
     action = single("Action")
     if action is None or not (action.text or "").strip():
-        raise SoapFault("Sender", "the WS-Addressing header wsa:Action is required",
-                        subcode=f"{{{WSA}}}MessageAddressingHeaderRequired")
+        raise SoapFault(
+            "Sender",
+            "the WS-Addressing header wsa:Action is required",
+            subcode=f"{{{WSA}}}MessageAddressingHeaderRequired",
+        )
     reply_to = single("ReplyTo")
     reply_address = None
     if reply_to is not None:
@@ -109,8 +132,14 @@ def _addressing(header) -> dict:
     }
 
 
-def build_envelope(action: str, body: etree._Element, relates_to: str | None = None, message_id: str | None = None,
-                   to: str | None = None, reply_to: str | None = None) -> etree._Element:
+def build_envelope(
+    action: str,
+    body: etree._Element,
+    relates_to: str | None = None,
+    message_id: str | None = None,
+    to: str | None = None,
+    reply_to: str | None = None,
+) -> etree._Element:
     """A SOAP 1.2 envelope with WS-Addressing headers around ``body``."""
     envelope = etree.Element(f"{{{SOAP12_ENV}}}Envelope", nsmap={"env": SOAP12_ENV, "wsa": WSA})
     header = etree.SubElement(envelope, f"{{{SOAP12_ENV}}}Header")
@@ -119,7 +148,9 @@ def build_envelope(action: str, body: etree._Element, relates_to: str | None = N
     action_element.set(MUST_UNDERSTAND, "true")
     etree.SubElement(header, f"{{{WSA}}}MessageID").text = message_id or f"urn:uuid:{uuid.uuid4()}"
     if reply_to:
-        etree.SubElement(etree.SubElement(header, f"{{{WSA}}}ReplyTo"), f"{{{WSA}}}Address").text = reply_to
+        etree.SubElement(
+            etree.SubElement(header, f"{{{WSA}}}ReplyTo"), f"{{{WSA}}}Address"
+        ).text = reply_to
     if to:
         etree.SubElement(header, f"{{{WSA}}}To").text = to
     if relates_to:

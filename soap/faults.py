@@ -46,10 +46,14 @@ class SoapFault(Exception):
             etree.SubElement(upgrade, f"{{{SOAP12_ENV}}}SupportedEnvelope", qname="env:Envelope")
         for qname in self.not_understood:
             namespace, _, local = qname[1:].partition("}")
-            block = etree.SubElement(header, f"{{{SOAP12_ENV}}}NotUnderstood", nsmap={"nu": namespace})
+            block = etree.SubElement(
+                header, f"{{{SOAP12_ENV}}}NotUnderstood", nsmap={"nu": namespace}
+            )
             block.set("qname", f"nu:{local}")
 
-        fault = etree.SubElement(etree.SubElement(envelope, f"{{{SOAP12_ENV}}}Body"), f"{{{SOAP12_ENV}}}Fault")
+        fault = etree.SubElement(
+            etree.SubElement(envelope, f"{{{SOAP12_ENV}}}Body"), f"{{{SOAP12_ENV}}}Fault"
+        )
         code = etree.SubElement(fault, f"{{{SOAP12_ENV}}}Code")
         etree.SubElement(code, f"{{{SOAP12_ENV}}}Value").text = f"env:{self.code}"
         if self.subcode:
@@ -74,4 +78,6 @@ def parse_fault(fault: etree._Element) -> SoapFault:
         prefix, _, local = subvalue.text.strip().rpartition(":")
         subcode = f"{{{subvalue.nsmap.get(prefix or None, '')}}}{local}"
     reason = (fault.findtext(f"{{{SOAP12_ENV}}}Reason/{{{SOAP12_ENV}}}Text") or "").strip()
-    return SoapFault(code if code in CODES else "Receiver", reason or "fault without a reason", subcode)
+    return SoapFault(
+        code if code in CODES else "Receiver", reason or "fault without a reason", subcode
+    )

@@ -26,8 +26,8 @@ MAX_DEPTH = 256
 
 # A DOCTYPE may only stand in the prolog; look for it, in any of the encodings XML allows
 # without a byte-order trick (UTF-8 and its ASCII-compatible relatives, and UTF-16).
-_DOCTYPE = re.compile(rb"<!DOCTYPE|<\x00!\x00D\x00O\x00C\x00T\x00Y\x00P\x00E|\x00<\x00!\x00D\x00O\x00C\x00T\x00Y\x00P\x00E",
-                      re.IGNORECASE)
+_UTF16_DOCTYPE = rb"<\x00!\x00D\x00O\x00C\x00T\x00Y\x00P\x00E"
+_DOCTYPE = re.compile(rb"<!DOCTYPE|" + _UTF16_DOCTYPE + rb"|\x00" + _UTF16_DOCTYPE, re.IGNORECASE)
 
 
 class XmlError(ValueError):
@@ -50,7 +50,7 @@ def _parser() -> etree.XMLParser:
 
 def parse_xml(data: bytes) -> etree._Element:
     """Parse one XML document from untrusted bytes."""
-    if _DOCTYPE.search(data[:_prolog_end(data)]):
+    if _DOCTYPE.search(data[: _prolog_end(data)]):
         raise XmlError("a DOCTYPE is not allowed in a SOAP message")
     try:
         root = etree.fromstring(data, _parser())
@@ -75,7 +75,7 @@ def _prolog_end(data: bytes) -> int:
         position = data.find(b"<", position)
         if position < 0 or position + 1 >= len(data):
             return len(data)
-        following = data[position + 1:position + 2]
+        following = data[position + 1 : position + 2]
         if following not in (b"?", b"!", b"\x00"):
             return position
         position += 1

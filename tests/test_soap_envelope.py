@@ -40,6 +40,7 @@ def fault_of(root: etree._Element, **kwargs) -> SoapFault:
 
 # Hardened XML -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def secret_file(tmp_path):
     path = tmp_path / "secret.txt"
@@ -54,9 +55,9 @@ def xxe_documents(secret_path) -> dict[str, bytes]:
         "utf-8": f'<?xml version="1.0"?><!DOCTYPE e [<!ENTITY s SYSTEM "{url}">]>{soap}'.encode(),
         "after-a-comment": f'<!-- hi --><!DOCTYPE e [<!ENTITY s SYSTEM "{url}">]>{soap}'.encode(),
         "utf-16": f'<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE e [<!ENTITY s SYSTEM "{url}">]>'
-                  f"{soap}".encode("utf-16"),
+        f"{soap}".encode("utf-16"),
         "utf-32": f'<?xml version="1.0" encoding="UTF-32"?><!DOCTYPE e [<!ENTITY s SYSTEM "{url}">]>'
-                  f"{soap}".encode("utf-32"),
+        f"{soap}".encode("utf-32"),
         "parameter-entity": f'<!DOCTYPE e [<!ENTITY % p SYSTEM "{url}"> %p;]>{soap.replace("&s;", "")}'.encode(),
     }
 
@@ -65,7 +66,9 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-@pytest.mark.parametrize("variant", ["utf-8", "after-a-comment", "utf-16", "utf-32", "parameter-entity"])
+@pytest.mark.parametrize(
+    "variant", ["utf-8", "after-a-comment", "utf-16", "utf-32", "parameter-entity"]
+)
 def test_external_entity_is_refused_and_the_secret_never_appears(variant, secret_file, tmp_path):
     document = xxe_documents(secret_file)[variant]
     secret = secret_file.read_text()
@@ -111,6 +114,7 @@ def test_not_well_formed_xml_is_refused():
 
 # Envelope rules ----------------------------------------------------------------------------------
 
+
 def test_nist_soap_noaction_pnr_needs_ws_addressing():
     fault = fault_of(parse_xml(corpus.read("nist-soap-noaction-pnr.xml")))
     assert fault.code == "Sender"
@@ -126,8 +130,10 @@ def test_nist_soap_header_after_body_is_a_sender_fault():
 
 
 def test_soap11_envelope_is_a_version_mismatch_with_http_500_and_an_upgrade_block():
-    soap11 = parse_xml(b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
-                       b"<s:Body><x/></s:Body></s:Envelope>")
+    soap11 = parse_xml(
+        b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+        b"<s:Body><x/></s:Body></s:Envelope>"
+    )
     fault = fault_of(soap11)
     assert fault.code == "VersionMismatch"
     # SOAP 1.2 Part 2 §7.5.1.2: only env:Sender maps to 400; VersionMismatch is 500.
@@ -145,8 +151,10 @@ def test_other_root_element_is_a_sender_fault():
 
 
 def test_unknown_must_understand_header_is_a_must_understand_fault_naming_it():
-    root = envelope(ACTION + MESSAGE_ID + '<v:Secret xmlns:v="urn:vendor" e:mustUnderstand="1"/>'
-                    '<v:Harmless xmlns:v="urn:vendor"/>')
+    root = envelope(
+        ACTION + MESSAGE_ID + '<v:Secret xmlns:v="urn:vendor" e:mustUnderstand="1"/>'
+        '<v:Harmless xmlns:v="urn:vendor"/>'
+    )
     fault = fault_of(root)
     assert fault.code == "MustUnderstand"
     assert fault.not_understood == ["{urn:vendor}Secret"]
@@ -157,8 +165,10 @@ def test_unknown_must_understand_header_is_a_must_understand_fault_naming_it():
     assert len(blocks) == 1
     prefix, _, local = blocks[0].get("qname").partition(":")
     assert (blocks[0].nsmap[prefix], local) == ("urn:vendor", "Secret")
-    assert reply.findtext(f"{{{ENV}}}Header/{{{WSA}}}RelatesTo") == \
-        "urn:uuid:0e9b6a1c-1111-4222-8333-444455556666"
+    assert (
+        reply.findtext(f"{{{ENV}}}Header/{{{WSA}}}RelatesTo")
+        == "urn:uuid:0e9b6a1c-1111-4222-8333-444455556666"
+    )
 
 
 def test_must_understand_header_that_the_caller_understands_is_accepted():
@@ -167,21 +177,33 @@ def test_must_understand_header_that_the_caller_understands_is_accepted():
 
 
 def test_must_understand_header_for_another_role_is_not_ours_to_understand():
-    root = envelope(ACTION + f'<v:Secret xmlns:v="urn:vendor" e:mustUnderstand="true" e:role="{ENV}/role/none"/>'
-                    '<v:Other xmlns:v="urn:vendor" e:mustUnderstand="true" e:role="urn:some:intermediary"/>')
+    root = envelope(
+        ACTION
+        + f'<v:Secret xmlns:v="urn:vendor" e:mustUnderstand="true" e:role="{ENV}/role/none"/>'
+        '<v:Other xmlns:v="urn:vendor" e:mustUnderstand="true" e:role="urn:some:intermediary"/>'
+    )
     assert parse_envelope(root).action == "urn:test:Ping"
     # ... but one addressed to "next" is ours.
-    root = envelope(ACTION + f'<v:Secret xmlns:v="urn:vendor" e:mustUnderstand="true" e:role="{ENV}/role/next"/>')
+    root = envelope(
+        ACTION
+        + f'<v:Secret xmlns:v="urn:vendor" e:mustUnderstand="true" e:role="{ENV}/role/next"/>'
+    )
     assert fault_of(root).code == "MustUnderstand"
 
 
 def test_must_understand_ws_addressing_headers_are_understood():
-    root = envelope(ACTION + MESSAGE_ID.replace("<wsa:MessageID>", '<wsa:MessageID e:mustUnderstand="1">')
-                    + '<wsa:To e:mustUnderstand="true">http://127.0.0.1/x</wsa:To>'
-                    '<wsa:ReplyTo e:mustUnderstand="1"><wsa:Address>http://127.0.0.1/back</wsa:Address></wsa:ReplyTo>')
+    root = envelope(
+        ACTION
+        + MESSAGE_ID.replace("<wsa:MessageID>", '<wsa:MessageID e:mustUnderstand="1">')
+        + '<wsa:To e:mustUnderstand="true">http://127.0.0.1/x</wsa:To>'
+        '<wsa:ReplyTo e:mustUnderstand="1"><wsa:Address>http://127.0.0.1/back</wsa:Address></wsa:ReplyTo>'
+    )
     parsed = parse_envelope(root)
-    assert (parsed.action, parsed.to, parsed.reply_to) == ("urn:test:Ping", "http://127.0.0.1/x",
-                                                         "http://127.0.0.1/back")
+    assert (parsed.action, parsed.to, parsed.reply_to) == (
+        "urn:test:Ping",
+        "http://127.0.0.1/x",
+        "http://127.0.0.1/back",
+    )
     assert parsed.message_id == "urn:uuid:0e9b6a1c-1111-4222-8333-444455556666"
     assert parsed.body.tag == "{urn:test}Ping"
 
@@ -206,8 +228,10 @@ def test_two_message_ids_are_an_invalid_addressing_header():
 
 
 def test_empty_action_is_missing():
-    assert fault_of(envelope("<wsa:Action> </wsa:Action>")).subcode == \
-        f"{{{WSA}}}MessageAddressingHeaderRequired"
+    assert (
+        fault_of(envelope("<wsa:Action> </wsa:Action>")).subcode
+        == f"{{{WSA}}}MessageAddressingHeaderRequired"
+    )
 
 
 @pytest.mark.parametrize("body", ["", "<a/><b/>"])
@@ -218,16 +242,26 @@ def test_body_must_hold_exactly_one_element(body):
 
 def test_built_envelope_parses_back():
     body = etree.Element("{urn:test}Ping")
-    built = build_envelope("urn:test:Ping", body, relates_to="urn:uuid:1", to="http://127.0.0.1/x",
-                           reply_to="http://www.w3.org/2005/08/addressing/anonymous")
+    built = build_envelope(
+        "urn:test:Ping",
+        body,
+        relates_to="urn:uuid:1",
+        to="http://127.0.0.1/x",
+        reply_to="http://www.w3.org/2005/08/addressing/anonymous",
+    )
     parsed = parse_envelope(parse_xml(etree.tostring(built)))
-    assert (parsed.action, parsed.relates_to, parsed.to) == ("urn:test:Ping", "urn:uuid:1", "http://127.0.0.1/x")
+    assert (parsed.action, parsed.relates_to, parsed.to) == (
+        "urn:test:Ping",
+        "urn:uuid:1",
+        "http://127.0.0.1/x",
+    )
     assert parsed.message_id.startswith("urn:uuid:")
     action = parsed.header.find(f"{{{WSA}}}Action")
     assert action.get(f"{{{ENV}}}mustUnderstand") == "true"  # IHE_WSA101
 
 
 # Fault envelopes against the official schemas --------------------------------------------------
+
 
 @cache
 def envelope_and_addressing_schema() -> etree.XMLSchema:
@@ -242,15 +276,22 @@ def envelope_and_addressing_schema() -> etree.XMLSchema:
         "</xs:schema>"
     )
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    return etree.XMLSchema(etree.fromstring(wrapper.encode(), parser, base_url=folder.as_uri() + "/"))
+    return etree.XMLSchema(
+        etree.fromstring(wrapper.encode(), parser, base_url=folder.as_uri() + "/")
+    )
 
 
 FAULTS = {
-    "sender-with-wsa-subcode": SoapFault("Sender", "no such action", subcode=f"{{{WSA}}}ActionNotSupported"),
+    "sender-with-wsa-subcode": SoapFault(
+        "Sender", "no such action", subcode=f"{{{WSA}}}ActionNotSupported"
+    ),
     "receiver": SoapFault("Receiver", "internal error"),
     "version-mismatch": SoapFault("VersionMismatch", "SOAP 1.2 only"),
-    "must-understand": SoapFault("MustUnderstand", "not understood",
-                                 not_understood=["{urn:vendor}Secret", "{urn:other}Block"]),
+    "must-understand": SoapFault(
+        "MustUnderstand",
+        "not understood",
+        not_understood=["{urn:vendor}Secret", "{urn:other}Block"],
+    ),
     "data-encoding-unknown": SoapFault("DataEncodingUnknown", "what encoding?"),
 }
 
@@ -266,8 +307,11 @@ def test_fault_envelope_is_valid_soap12_and_reads_back(name):
     again = parse_fault(reply.find(f"{{{ENV}}}Body/{{{ENV}}}Fault"))
     assert (again.code, again.subcode, again.reason) == (fault.code, fault.subcode, fault.reason)
     action = reply.findtext(f"{{{ENV}}}Header/{{{WSA}}}Action")
-    expected = ("http://www.w3.org/2005/08/addressing/fault" if fault.subcode
-                else "http://www.w3.org/2005/08/addressing/soap/fault")
+    expected = (
+        "http://www.w3.org/2005/08/addressing/fault"
+        if fault.subcode
+        else "http://www.w3.org/2005/08/addressing/soap/fault"
+    )
     assert action == expected
 
 

@@ -50,7 +50,7 @@ def spools(tmp_path) -> RecordingSpools:
 
 async def in_chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
     for offset in range(0, len(data), size):
-        yield data[offset:offset + size]
+        yield data[offset : offset + size]
 
 
 def read(content_type: str, body: bytes, spools: Callable, chunk: int = 4096) -> IncomingMessage:
@@ -69,6 +69,7 @@ def summary(message: IncomingMessage) -> list[tuple[str, int, str]]:
 
 # Corpus requests and responses ----------------------------------------------------------------
 
+
 def gematik_retrieve_response(crlf: bool = False) -> tuple[str, bytes]:
     """Corpus 20: an HTTP response whose header block holds the Content-Type."""
     data = corpus.read("gematik-retrievedocument-resp.xop")
@@ -82,7 +83,9 @@ def dcm4chee_rad69_response(crlf: bool = False) -> tuple[str, bytes]:
     data = corpus.read("dcm4cheecs-rad69-response.txt").replace(b"\r\n", b"\n")
     head, _, body = data.partition(b"\n\n")
     unfolded = re.sub(rb"\n[ \t]+", b" ", head)
-    content_type = re.search(rb"(?im)^content-type:\s*(.+?)\s*$", unfolded).group(1).decode("latin-1")
+    content_type = (
+        re.search(rb"(?im)^content-type:\s*(.+?)\s*$", unfolded).group(1).decode("latin-1")
+    )
     return content_type, corpus.to_crlf(body) if crlf else body
 
 
@@ -93,14 +96,22 @@ def gematik_provide_and_register(crlf: bool = False) -> tuple[str, bytes]:
 
 XOP_PLAN = "nist-PnrXop-Xop-testplan.xml"
 SAMPLES: dict[str, Callable[[bool], tuple[str, bytes]]] = {
-    "01-nist-Xop": lambda crlf: corpus.body_with_testplan("nist-PnrXop-Xop-body.txt", XOP_PLAN, crlf),
-    "02-nist-NoXop": lambda crlf: corpus.body_with_testplan("nist-PnrXop-NoXop-body.txt", XOP_PLAN, crlf),
-    "03-nist-encodedURL": lambda crlf: corpus.body_with_testplan("nist-PnrXop-encodedURL-body.txt",
-                                                                  XOP_PLAN, crlf),
-    "04-nist-dicom": lambda crlf: corpus.body_with_testplan("nist-PnrXop-dicom-body.txt",
-                                                             "nist-PnrXop-dicom-testplan.xml", crlf),
+    "01-nist-Xop": lambda crlf: corpus.body_with_testplan(
+        "nist-PnrXop-Xop-body.txt", XOP_PLAN, crlf
+    ),
+    "02-nist-NoXop": lambda crlf: corpus.body_with_testplan(
+        "nist-PnrXop-NoXop-body.txt", XOP_PLAN, crlf
+    ),
+    "03-nist-encodedURL": lambda crlf: corpus.body_with_testplan(
+        "nist-PnrXop-encodedURL-body.txt", XOP_PLAN, crlf
+    ),
+    "04-nist-dicom": lambda crlf: corpus.body_with_testplan(
+        "nist-PnrXop-dicom-body.txt", "nist-PnrXop-dicom-testplan.xml", crlf
+    ),
     "05-nist-http-mtom": lambda crlf: corpus.http_request("nist-http-mtom-pnr.txt", crlf),
-    "06-nist-selftest-socket": lambda crlf: corpus.http_request("nist-selftest-socket-request.txt", crlf),
+    "06-nist-selftest-socket": lambda crlf: corpus.http_request(
+        "nist-selftest-socket-request.txt", crlf
+    ),
     "07-nist-boundryTest": corpus.boundary_test_request,
     "08-nist-http-simple": lambda crlf: corpus.http_request("nist-http-simple.txt", crlf),
     "13-gematik-pnr": gematik_provide_and_register,
@@ -125,8 +136,10 @@ GEMATIK_PARTS_CRLF = [
 def gematik_parts(figures: list[tuple[int, str]]) -> list[tuple[str, int, str]]:
     """The ten parts -11 .. -20: the four documents, then the same again with the first repeated."""
     order = [0, 1, 2, 3, 0, 0, 1, 2, 3, 0]
-    return [(f"f7160cff-68d5-4192-839f-a1b4ae9ef55f-{11 + i}@urn:ihe:iti:xds-b:2007", *figures[k])
-            for i, k in enumerate(order)]
+    return [
+        (f"f7160cff-68d5-4192-839f-a1b4ae9ef55f-{11 + i}@urn:ihe:iti:xds-b:2007", *figures[k])
+        for i, k in enumerate(order)
+    ]
 
 
 EXPECTED: dict[str, dict[bool, tuple[bool, list]]] = {
@@ -141,22 +154,60 @@ EXPECTED: dict[str, dict[bool, tuple[bool, list]]] = {
     },
     "04-nist-dicom": {False: (True, []), True: (True, [])},
     "05-nist-http-mtom": {
-        False: (True, [("1.urn:uuid:3D4B161591CD1DEC0C1286850962319@apache.org", 1465,
-                        "a2ffd43a4557af4174f11323928480a83f05d222")]),
-        True: (True, [("1.urn:uuid:3D4B161591CD1DEC0C1286850962319@apache.org", 1467,
-                       "ed75b8e3895aeebb8cb37dd31b35aae57afc77cc")]),
+        False: (
+            True,
+            [
+                (
+                    "1.urn:uuid:3D4B161591CD1DEC0C1286850962319@apache.org",
+                    1465,
+                    "a2ffd43a4557af4174f11323928480a83f05d222",
+                )
+            ],
+        ),
+        True: (
+            True,
+            [
+                (
+                    "1.urn:uuid:3D4B161591CD1DEC0C1286850962319@apache.org",
+                    1467,
+                    "ed75b8e3895aeebb8cb37dd31b35aae57afc77cc",
+                )
+            ],
+        ),
     },
     "06-nist-selftest-socket": {
-        False: (True, [("1.urn:uuid:8D3C3AFA28B895245C1247499531173@apache.org", 8197,
-                        "8a427f9c4895d46150fe3e1df26c26e79f9fccd6")]),
-        True: (True, [("1.urn:uuid:8D3C3AFA28B895245C1247499531173@apache.org", 8262,
-                       "9923a6b9e46e13ce9f0521f11e328248bb4d29ee")]),
+        False: (
+            True,
+            [
+                (
+                    "1.urn:uuid:8D3C3AFA28B895245C1247499531173@apache.org",
+                    8197,
+                    "8a427f9c4895d46150fe3e1df26c26e79f9fccd6",
+                )
+            ],
+        ),
+        True: (
+            True,
+            [
+                (
+                    "1.urn:uuid:8D3C3AFA28B895245C1247499531173@apache.org",
+                    8262,
+                    "9923a6b9e46e13ce9f0521f11e328248bb4d29ee",
+                )
+            ],
+        ),
     },
     "07-nist-boundryTest": {False: (True, []), True: (True, [])},
     "08-nist-http-simple": {False: (False, []), True: (False, [])},
     "13-gematik-pnr": {
-        False: (True, [("Document0@PHRService.konlan", 1699, "d45c1a924fdadf6481371a03723c8643cdee666f")]),
-        True: (True, [("Document0@PHRService.konlan", 1717, "dbe42c8c7ef007af65ddbe9ba43a97024760667b")]),
+        False: (
+            True,
+            [("Document0@PHRService.konlan", 1699, "d45c1a924fdadf6481371a03723c8643cdee666f")],
+        ),
+        True: (
+            True,
+            [("Document0@PHRService.konlan", 1717, "dbe42c8c7ef007af65ddbe9ba43a97024760667b")],
+        ),
     },
     "20-gematik-retrieve-resp": {
         False: (True, gematik_parts(GEMATIK_PARTS_STORED)),
@@ -197,7 +248,7 @@ def test_corpus_message_gives_the_same_result_in_chunks_of_1_7_and_4096_bytes(na
 def test_gematik_iso_8859_15_attachment_is_byte_exact(spools):
     raw = corpus.read("gematik-provideandregister.xop")
     start = raw.index(b'<?xml version="1.0" encoding="ISO-8859-15"?>')
-    expected = raw[start:raw.rindex(b"\n--_MIME_MTOM_Boundary_--")]
+    expected = raw[start : raw.rindex(b"\n--_MIME_MTOM_Boundary_--")]
     assert b"\xfc" in expected  # the byte that breaks a decode as UTF-8
 
     message = read(*gematik_provide_and_register(), spools)
@@ -209,8 +260,20 @@ def test_gematik_retrieve_response_has_ten_parts_and_a_partial_success_root(spoo
     message = read(*gematik_retrieve_response(), spools)
     assert len(message.attachments) == 10
     assert [a.size for a in message.attachments.values()] == [
-        58946, 146979, 15710, 1717, 58946, 58946, 146979, 15710, 1717, 58946]
-    status = message.envelope_root.find(".//{urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0}RegistryResponse")
+        58946,
+        146979,
+        15710,
+        1717,
+        58946,
+        58946,
+        146979,
+        15710,
+        1717,
+        58946,
+    ]
+    status = message.envelope_root.find(
+        ".//{urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0}RegistryResponse"
+    )
     assert status.get("status") == "urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"
     message.discard()
 
@@ -237,44 +300,83 @@ def test_dcm4chee_rad69_response_is_refused(spools):
 
 # Broken MIME ----------------------------------------------------------------------------------
 
-CT = 'multipart/related; type="application/xop+xml"; boundary="B0"; start="<root@x>"; ' \
-     'start-info="application/soap+xml"'
-ROOT_PART = (b"--B0\r\nContent-Type: application/xop+xml; type=\"application/soap+xml\"\r\n"
-             b"Content-ID: <root@x>\r\n\r\n"
-             b'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body><a/></e:Body></e:Envelope>'
-             b"\r\n")
+CT = (
+    'multipart/related; type="application/xop+xml"; boundary="B0"; start="<root@x>"; '
+    'start-info="application/soap+xml"'
+)
+ROOT_PART = (
+    b'--B0\r\nContent-Type: application/xop+xml; type="application/soap+xml"\r\n'
+    b"Content-ID: <root@x>\r\n\r\n"
+    b'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body><a/></e:Body></e:Envelope>'
+    b"\r\n"
+)
 
 
 def part(content_id: str, data: bytes, encoding: str = "binary") -> bytes:
-    return (f"--B0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: {encoding}\r\n"
-            f"Content-ID: <{content_id}>\r\n\r\n").encode() + data + b"\r\n"
+    return (
+        (
+            f"--B0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: {encoding}\r\n"
+            f"Content-ID: <{content_id}>\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n"
+    )
 
 
 BIG = bytes(range(256)) * 400  # spans many chunks, so that a spool is open when the fault comes
 
 BROKEN = {
     "no-boundary-parameter": (
-        'multipart/related; type="application/xop+xml"', ROOT_PART + b"--B0--\r\n", "no boundary parameter"),
+        'multipart/related; type="application/xop+xml"',
+        ROOT_PART + b"--B0--\r\n",
+        "no boundary parameter",
+    ),
     "truncated-without-closing-delimiter": (
-        CT, ROOT_PART + part("a@x", BIG)[:-2], "closing boundary delimiter"),
+        CT,
+        ROOT_PART + part("a@x", BIG)[:-2],
+        "closing boundary delimiter",
+    ),
     "part-without-headers": (
-        CT, ROOT_PART + b"--B0\r\n\r\nheaderless\r\n--B0--\r\n", "has no headers"),
+        CT,
+        ROOT_PART + b"--B0\r\n\r\nheaderless\r\n--B0--\r\n",
+        "has no headers",
+    ),
     "no-root-part-for-start": (
-        CT.replace("root@x", "missing@x"), ROOT_PART + part("a@x", BIG) + b"--B0--\r\n", "<missing@x>"),
+        CT.replace("root@x", "missing@x"),
+        ROOT_PART + part("a@x", BIG) + b"--B0--\r\n",
+        "<missing@x>",
+    ),
     "duplicate-content-id": (
-        CT, ROOT_PART + part("a@x", BIG) + part("a@x", b"again") + b"--B0--\r\n", "Content-ID <a@x>"),
+        CT,
+        ROOT_PART + part("a@x", BIG) + part("a@x", b"again") + b"--B0--\r\n",
+        "Content-ID <a@x>",
+    ),
     "duplicate-of-the-root-content-id": (
-        CT, ROOT_PART + part("root@x", b"again") + b"--B0--\r\n", "Content-ID <root@x>"),
+        CT,
+        ROOT_PART + part("root@x", b"again") + b"--B0--\r\n",
+        "Content-ID <root@x>",
+    ),
     "bad-base64-part": (
-        CT, ROOT_PART + part("a@x", b"QUJD" * 5000 + b"!!!!", "base64") + b"--B0--\r\n", "not valid base64"),
+        CT,
+        ROOT_PART + part("a@x", b"QUJD" * 5000 + b"!!!!", "base64") + b"--B0--\r\n",
+        "not valid base64",
+    ),
     "base64-part-with-incomplete-final-quantum": (
-        CT, ROOT_PART + part("a@x", b"QUJD" * 5000 + b"QU", "base64") + b"--B0--\r\n", "not valid base64"),
+        CT,
+        ROOT_PART + part("a@x", b"QUJD" * 5000 + b"QU", "base64") + b"--B0--\r\n",
+        "not valid base64",
+    ),
     "garbage-after-a-delimiter": (
-        CT, ROOT_PART + part("a@x", BIG) + b"--B0 garbage\r\n" + part("b@x", b"x") + b"--B0--\r\n",
-        "after a boundary delimiter"),
+        CT,
+        ROOT_PART + part("a@x", BIG) + b"--B0 garbage\r\n" + part("b@x", b"x") + b"--B0--\r\n",
+        "after a boundary delimiter",
+    ),
     "no-delimiter-at-all": (CT, b"just some bytes\r\n", "no boundary delimiter"),
     "attachment-without-content-id": (
-        CT, ROOT_PART + b"--B0\r\nContent-Type: text/plain\r\n\r\nx\r\n--B0--\r\n", "no Content-ID"),
+        CT,
+        ROOT_PART + b"--B0\r\nContent-Type: text/plain\r\n\r\nx\r\n--B0--\r\n",
+        "no Content-ID",
+    ),
 }
 
 
@@ -304,9 +406,11 @@ def test_rfc2231_boundary_parameter_is_understood(spools):
 
 
 def test_bare_lf_framing_and_transport_padding_are_accepted(spools):
-    body = (b"preamble\n--B0  \nContent-ID: <root@x>\n\n"
-            b'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body><a/></e:Body></e:Envelope>'
-            b"\n--B0\t\ncontent-id: <a@x>\ncontent-type: text/plain\n\n--not a delimiter\n\n--B0--  \nepilogue")
+    body = (
+        b"preamble\n--B0  \nContent-ID: <root@x>\n\n"
+        b'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body><a/></e:Body></e:Envelope>'
+        b"\n--B0\t\ncontent-id: <a@x>\ncontent-type: text/plain\n\n--not a delimiter\n\n--B0--  \nepilogue"
+    )
     for chunk in (1, 3, 4096):
         message = read("multipart/related; boundary=B0", body, spools, chunk)
         assert message.attachments["a@x"].path.read_bytes() == b"--not a delimiter\n"

@@ -44,9 +44,13 @@ PARTS = {
 def reply_envelope(content_ids: list[str]) -> etree._Element:
     body = etree.Element(f"{{{XDS}}}RetrieveDocumentSetResponse")
     for content_id in content_ids:
-        document = etree.SubElement(etree.SubElement(body, f"{{{XDS}}}DocumentResponse"), f"{{{XDS}}}Document")
+        document = etree.SubElement(
+            etree.SubElement(body, f"{{{XDS}}}DocumentResponse"), f"{{{XDS}}}Document"
+        )
         xop_include(document, content_id)
-    return build_envelope("urn:ihe:iti:2007:RetrieveDocumentSetResponse", body, relates_to="urn:uuid:1")
+    return build_envelope(
+        "urn:ihe:iti:2007:RetrieveDocumentSetResponse", body, relates_to="urn:uuid:1"
+    )
 
 
 async def collect(body: AsyncIterator[bytes]) -> bytes:
@@ -55,7 +59,7 @@ async def collect(body: AsyncIterator[bytes]) -> bytes:
 
 async def rechunk(data: bytes, size: int) -> AsyncIterator[bytes]:
     for offset in range(0, len(data), size):
-        yield data[offset:offset + size]
+        yield data[offset : offset + size]
 
 
 def read(content_type: str, data: bytes, tmp_path, chunk: int = 4096) -> IncomingMessage:
@@ -75,7 +79,9 @@ def test_mtom_response_reads_back_with_the_same_bytes_for_every_part(tmp_path):
             path.write_bytes(data)
             parts.append(OutgoingPart(content_id, "application/octet-stream", path=path))
         else:
-            parts.append(OutgoingPart(content_id, "application/dicom", chunks=iter([data[:7], data[7:]])))
+            parts.append(
+                OutgoingPart(content_id, "application/dicom", chunks=iter([data[:7], data[7:]]))
+            )
     envelope = reply_envelope(list(PARTS))
     expected_root = etree.tostring(envelope, method="c14n")
 
@@ -89,7 +95,10 @@ def test_mtom_response_reads_back_with_the_same_bytes_for_every_part(tmp_path):
             attachment = document_content(element, message, lambda: Spool(tmp_path))
             assert attachment.content_id == content_id
             assert attachment.path.read_bytes() == payload
-            assert (attachment.size, attachment.sha1) == (len(payload), hashlib.sha1(payload).hexdigest())
+            assert (attachment.size, attachment.sha1) == (
+                len(payload),
+                hashlib.sha1(payload).hexdigest(),
+            )
         assert parse_envelope(message.envelope_root).relates_to == "urn:uuid:1"
         message.discard()
 
@@ -105,8 +114,10 @@ def test_mtom_response_without_parts_is_still_multipart(tmp_path):
 
 
 def test_inline_response_decodes_to_the_same_bytes(tmp_path):
-    parts = [OutgoingPart(content_id, "application/octet-stream", chunks=iter([data[:5], data[5:]]))
-             for content_id, data in PARTS.items()]
+    parts = [
+        OutgoingPart(content_id, "application/octet-stream", chunks=iter([data[:5], data[5:]]))
+        for content_id, data in PARTS.items()
+    ]
     content_type, body = inline_response(reply_envelope(list(PARTS)), parts)
     assert content_type.startswith("application/soap+xml")
 
@@ -120,7 +131,9 @@ def test_inline_response_decodes_to_the_same_bytes(tmp_path):
     message = read(content_type, data, tmp_path)
     assert not message.is_mtom
     for element, payload in zip(documents(message.envelope_root), PARTS.values()):
-        assert document_content(element, message, lambda: Spool(tmp_path)).path.read_bytes() == payload
+        assert (
+            document_content(element, message, lambda: Spool(tmp_path)).path.read_bytes() == payload
+        )
     message.discard()
     assert list(tmp_path.glob("spool-*")) == []
 
@@ -135,13 +148,16 @@ def test_inline_response_with_an_unknown_part_is_a_clear_error():
 PLAN = "nist-PnrXop-Xop-testplan.xml"
 
 
-@pytest.mark.parametrize("body_name, size, sha1", [
-    ("nist-PnrXop-Xop-body.txt", 36, "e543712c0e10501972de13a5bfcbe826c49feb75"),
-    # The href is percent-encoded, the Content-ID is not (RFC 2392).
-    ("nist-PnrXop-encodedURL-body.txt", 36, "e543712c0e10501972de13a5bfcbe826c49feb75"),
-    # Inline base64 inside an MTOM package: hashed over the decoded bytes.
-    ("nist-PnrXop-NoXop-body.txt", 38, "27e60f9f5173903c2fa907baaaeb7af819913116"),
-])
+@pytest.mark.parametrize(
+    "body_name, size, sha1",
+    [
+        ("nist-PnrXop-Xop-body.txt", 36, "e543712c0e10501972de13a5bfcbe826c49feb75"),
+        # The href is percent-encoded, the Content-ID is not (RFC 2392).
+        ("nist-PnrXop-encodedURL-body.txt", 36, "e543712c0e10501972de13a5bfcbe826c49feb75"),
+        # Inline base64 inside an MTOM package: hashed over the decoded bytes.
+        ("nist-PnrXop-NoXop-body.txt", 38, "27e60f9f5173903c2fa907baaaeb7af819913116"),
+    ],
+)
 def test_corpus_document_content_resolves_xop_and_inline_base64(body_name, size, sha1, tmp_path):
     message = read(*corpus.body_with_testplan(body_name, PLAN), tmp_path)
     [element] = documents(message.envelope_root)
@@ -152,8 +168,10 @@ def test_corpus_document_content_resolves_xop_and_inline_base64(body_name, size,
 
 
 def test_corpus_wcf_dicom_inline_base64_decodes_to_the_part10_file(tmp_path):
-    message = read(*corpus.body_with_testplan("nist-PnrXop-dicom-body.txt", "nist-PnrXop-dicom-testplan.xml"),
-                   tmp_path)
+    message = read(
+        *corpus.body_with_testplan("nist-PnrXop-dicom-body.txt", "nist-PnrXop-dicom-testplan.xml"),
+        tmp_path,
+    )
     [element] = documents(message.envelope_root)
     data = document_content(element, message, lambda: Spool(tmp_path)).path.read_bytes()
     assert len(data) == 6090
@@ -161,14 +179,21 @@ def test_corpus_wcf_dicom_inline_base64_decodes_to_the_part10_file(tmp_path):
     message.discard()
 
 
-@pytest.mark.parametrize("content, says", [
-    (b'<xop:Include xmlns:xop="http://www.w3.org/2004/08/xop/include" href="cid:nobody@x"/>',
-     "no MIME part has that Content-ID"),
-    (b'<xop:Include xmlns:xop="http://www.w3.org/2004/08/xop/include" href="http://127.0.0.1/x"/>',
-     "is not a cid: URL"),
-    (b"QUJD!", "neither an xop:Include nor valid base64"),
-    (b"QUJDR", "neither an xop:Include nor valid base64"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (
+            b'<xop:Include xmlns:xop="http://www.w3.org/2004/08/xop/include" href="cid:nobody@x"/>',
+            "no MIME part has that Content-ID",
+        ),
+        (
+            b'<xop:Include xmlns:xop="http://www.w3.org/2004/08/xop/include" href="http://127.0.0.1/x"/>',
+            "is not a cid: URL",
+        ),
+        (b"QUJD!", "neither an xop:Include nor valid base64"),
+        (b"QUJDR", "neither an xop:Include nor valid base64"),
+    ],
+)
 def test_bad_document_content_is_a_sender_fault_without_leftovers(content, says, tmp_path):
     root = parse_xml(b'<d:Document xmlns:d="urn:ihe:iti:xds-b:2007">' + content + b"</d:Document>")
     message = IncomingMessage(root, {}, True)
@@ -180,6 +205,7 @@ def test_bad_document_content_is_a_sender_fault_without_leftovers(content, says,
 
 
 # Size and speed --------------------------------------------------------------------------------
+
 
 def resident_kib() -> int:
     with open("/proc/self/status") as status:
@@ -242,9 +268,11 @@ def test_300_mb_part_streams_through_writer_and_reader_in_bounded_memory(tmp_pat
 def test_reader_throughput_on_a_1_gib_attachment_in_64_kib_chunks(tmp_path, capsys):
     """Measured and printed, not asserted: the figure depends on the machine's disk."""
     total, chunk = 1 << 30, os.urandom(64 << 10)
-    head = (b"--B\r\nContent-ID: <root>\r\n\r\n"
-            b'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body><a/></e:Body></e:Envelope>'
-            b"\r\n--B\r\nContent-ID: <big>\r\n\r\n")
+    head = (
+        b"--B\r\nContent-ID: <root>\r\n\r\n"
+        b'<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body><a/></e:Body></e:Envelope>'
+        b"\r\n--B\r\nContent-ID: <big>\r\n\r\n"
+    )
 
     async def body() -> AsyncIterator[bytes]:
         yield head
@@ -253,10 +281,14 @@ def test_reader_throughput_on_a_1_gib_attachment_in_64_kib_chunks(tmp_path, caps
         yield b"\r\n--B--\r\n"
 
     started = time.perf_counter()
-    message = asyncio.run(read_message("multipart/related; boundary=B", body(), lambda: Spool(tmp_path)))
+    message = asyncio.run(
+        read_message("multipart/related; boundary=B", body(), lambda: Spool(tmp_path))
+    )
     elapsed = time.perf_counter() - started
     assert message.attachments["big"].size == total
     message.discard()
     with capsys.disabled():
-        print(f"\nMTOM reader, 1 GiB attachment in 64 KiB chunks, spooled to disk with SHA-1: "
-              f"{total / elapsed / 1e6:.0f} MB/s ({elapsed:.2f} s)")
+        print(
+            f"\nMTOM reader, 1 GiB attachment in 64 KiB chunks, spooled to disk with SHA-1: "
+            f"{total / elapsed / 1e6:.0f} MB/s ({elapsed:.2f} s)"
+        )

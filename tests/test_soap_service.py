@@ -61,7 +61,10 @@ async def echo(request: SoapRequest) -> SoapReply:
 async def provide_and_register(request: SoapRequest) -> SoapReply:
     """Counts the documents of an ITI-41 request, attached or inline."""
     CALLS.actions.append(request.envelope.action)
-    sizes = [request.content(element).size for element in request.envelope.body.iter(f"{{{XDS}}}Document")]
+    sizes = [
+        request.content(element).size
+        for element in request.envelope.body.iter(f"{{{XDS}}}Document")
+    ]
     reply = etree.Element("{urn:test}Received")
     reply.text = " ".join(str(size) for size in sizes)
     return SoapReply(PNR_ACTION + "Response", reply)
@@ -96,9 +99,16 @@ def server(tmp_path_factory):
     spools = folder / "spools"
     spools.mkdir()
     service = SoapService(
-        {"urn:test:Echo": echo, PNR_ACTION: provide_and_register, "urn:test:Refuse": refuse,
-         "urn:test:Crash": crash, "urn:test:BadReply": bad_reply},
-        spool_factory=lambda: Spool(spools), wsdl_path=wsdl, max_request_bytes=MAX_REQUEST_BYTES,
+        {
+            "urn:test:Echo": echo,
+            PNR_ACTION: provide_and_register,
+            "urn:test:Refuse": refuse,
+            "urn:test:Crash": crash,
+            "urn:test:BadReply": bad_reply,
+        },
+        spool_factory=lambda: Spool(spools),
+        wsdl_path=wsdl,
+        max_request_bytes=MAX_REQUEST_BYTES,
     )
     with serve(service) as url:
         yield url + "/soap/echo", spools
@@ -136,6 +146,7 @@ def assert_healthy(url: str) -> None:
 
 
 # Client and service together ------------------------------------------------------------------
+
 
 def test_plain_soap_echo_answers_plain_soap_with_inline_base64(url, server):
     reply = call(url, "urn:test:Echo", ping(b"hello", b"\x00\xff" * 1000))
@@ -175,8 +186,11 @@ def test_fault_reply_is_raised_with_code_and_subcode(url, server):
 
 
 def test_handler_crash_is_a_receiver_fault_without_internal_detail(url):
-    response = httpx.post(url, content=corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Crash"),
-                          headers={"Content-Type": "application/soap+xml"})
+    response = httpx.post(
+        url,
+        content=corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Crash"),
+        headers={"Content-Type": "application/soap+xml"},
+    )
     assert response.status_code == 500
     assert b"secret internal detail" not in response.content
     fault = parse_xml(response.content).find(f"{{{ENV}}}Body/{{{ENV}}}Fault")
@@ -192,8 +206,11 @@ def test_handler_reply_that_cannot_be_built_is_a_receiver_fault(url):
 def test_client_reads_a_gzip_encoded_reply(tmp_path):
     service = SoapService({"urn:test:Echo": echo}, spool_factory=lambda: Spool(tmp_path))
     with serve(GZipMiddleware(service, minimum_size=10)) as base:
-        response = httpx.post(base, content=corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Echo"),
-                              headers={"Content-Type": "application/soap+xml", "Accept-Encoding": "gzip"})
+        response = httpx.post(
+            base,
+            content=corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Echo"),
+            headers={"Content-Type": "application/soap+xml", "Accept-Encoding": "gzip"},
+        )
         assert response.headers["content-encoding"] == "gzip"  # the path under test is taken
         reply = call(base, "urn:test:Echo", ping(b"compressed on the way back"))
     [document] = reply.envelope_root.findall(".//{urn:test}Document")
@@ -205,12 +222,17 @@ def test_unknown_action_is_400_action_not_supported(url):
         call(url, "urn:test:Nobody", ping())
     assert (caught.value.code, caught.value.subcode) == ("Sender", f"{{{WSA}}}ActionNotSupported")
 
-    response = httpx.post(url, content=corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Nobody"),
-                          headers={"Content-Type": "application/soap+xml"})
+    response = httpx.post(
+        url,
+        content=corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Nobody"),
+        headers={"Content-Type": "application/soap+xml"},
+    )
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/soap+xml")
-    assert parse_xml(response.content).findtext(f"{{{ENV}}}Header/{{{WSA}}}Action") == \
-        "http://www.w3.org/2005/08/addressing/fault"
+    assert (
+        parse_xml(response.content).findtext(f"{{{ENV}}}Header/{{{WSA}}}Action")
+        == "http://www.w3.org/2005/08/addressing/fault"
+    )
     assert CALLS.actions == []
 
 
@@ -221,8 +243,18 @@ def test_unreachable_port_is_a_transport_error():
 
 def test_corpus_mtom_requests_reach_the_handler(url, server):
     cases = [
-        (corpus.body_with_testplan("nist-PnrXop-Xop-body.txt", "nist-PnrXop-Xop-testplan.xml", True), "40"),
-        (corpus.body_with_testplan("nist-PnrXop-encodedURL-body.txt", "nist-PnrXop-Xop-testplan.xml"), "36"),
+        (
+            corpus.body_with_testplan(
+                "nist-PnrXop-Xop-body.txt", "nist-PnrXop-Xop-testplan.xml", True
+            ),
+            "40",
+        ),
+        (
+            corpus.body_with_testplan(
+                "nist-PnrXop-encodedURL-body.txt", "nist-PnrXop-Xop-testplan.xml"
+            ),
+            "36",
+        ),
         (corpus.http_request("nist-http-mtom-pnr.txt"), "1465"),
         (corpus.boundary_test_request(crlf=True), "6090"),
     ]
@@ -236,7 +268,9 @@ def test_corpus_mtom_requests_reach_the_handler(url, server):
 
 def test_must_understand_fault_over_http_names_the_block_and_relates_to_the_request(url):
     request = corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Echo").replace(
-        b"</soap:Header>", b'<v:Secret xmlns:v="urn:vendor" soap:mustUnderstand="true"/></soap:Header>')
+        b"</soap:Header>",
+        b'<v:Secret xmlns:v="urn:vendor" soap:mustUnderstand="true"/></soap:Header>',
+    )
     message_id = re.search(rb"<wsa:MessageID>([^<]+)<", request).group(1).decode()
     response = httpx.post(url, content=request, headers={"Content-Type": "application/soap+xml"})
 
@@ -250,8 +284,10 @@ def test_must_understand_fault_over_http_names_the_block_and_relates_to_the_requ
 
 
 def test_soap11_request_over_http_is_500_version_mismatch(url):
-    soap11 = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><x/></s:Body>'
-              b"</s:Envelope>")
+    soap11 = (
+        b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><x/></s:Body>'
+        b"</s:Envelope>"
+    )
     response = httpx.post(url, content=soap11, headers={"Content-Type": "text/xml"})
     assert response.status_code == 500
     assert b"env:VersionMismatch" in response.content
@@ -259,10 +295,13 @@ def test_soap11_request_over_http_is_500_version_mismatch(url):
 
 # WSDL ------------------------------------------------------------------------------------------
 
+
 def test_wsdl_names_the_address_the_client_used(url):
     response = httpx.get(url + "?wsdl")
     assert response.status_code == 200
-    location = parse_xml(response.content).find(".//{http://schemas.xmlsoap.org/wsdl/soap12/}address")
+    location = parse_xml(response.content).find(
+        ".//{http://schemas.xmlsoap.org/wsdl/soap12/}address"
+    )
     assert location.get("location") == url
 
     response = httpx.get(url + "?WSDL", headers={"Host": 'name"with<quotes:1'})
@@ -275,6 +314,7 @@ def test_get_without_wsdl_is_404(url):
 
 
 # Raw sockets -----------------------------------------------------------------------------------
+
 
 def host_port(url: str) -> tuple[str, int]:
     match = re.match(r"http://([\d.]+):(\d+)(/.*)", url)
@@ -306,9 +346,13 @@ def read_response(sock: socket.socket, timeout: float = 5) -> bytes:
 
 @pytest.mark.parametrize("ending", ["half-close", "close"])
 def test_body_shorter_than_content_length_reaches_no_handler(url, server, ending):
-    content_type, body = corpus.body_with_testplan("nist-PnrXop-Xop-body.txt", "nist-PnrXop-Xop-testplan.xml", True)
-    head = (f"POST /soap/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body) + 500}\r\n\r\n").encode()
+    content_type, body = corpus.body_with_testplan(
+        "nist-PnrXop-Xop-body.txt", "nist-PnrXop-Xop-testplan.xml", True
+    )
+    head = (
+        f"POST /soap/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body) + 500}\r\n\r\n"
+    ).encode()
     with socket.create_connection(host_port(url)) as sock:
         sock.sendall(head + body)
         if ending == "half-close":
@@ -321,15 +365,19 @@ def test_body_shorter_than_content_length_reaches_no_handler(url, server, ending
     assert_healthy(url)
 
 
-def test_stale_content_length_on_an_open_connection_times_out_with_a_fault(url, server, monkeypatch):
+def test_stale_content_length_on_an_open_connection_times_out_with_a_fault(
+    url, server, monkeypatch
+):
     # Corpus 6 replayed with its stale Content-Length (larger than the body) and the socket kept open.
     monkeypatch.setattr("soap.service.BODY_READ_TIMEOUT", 0.5)
     data = corpus.read("nist-selftest-socket-request.txt")
     content_type, body = corpus.http_request("nist-selftest-socket-request.txt")
     stale = int(re.search(rb"Content-Length:\s*(\d+)", data).group(1))
     assert stale > len(body)
-    head = (f"POST /soap/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {stale}\r\n\r\n").encode()
+    head = (
+        f"POST /soap/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {stale}\r\n\r\n"
+    ).encode()
     with socket.create_connection(host_port(url)) as sock:
         sock.sendall(head + body)
         answer = read_response(sock)
@@ -362,7 +410,7 @@ def test_expect_100_continue_with_lower_case_headers_is_answered(url):
         interim = sock.recv(65536)
         assert interim.startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(body)
-        answer = interim[interim.index(b"\r\n\r\n") + 4:] + read_until_closed(sock)
+        answer = interim[interim.index(b"\r\n\r\n") + 4 :] + read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert b">6090<" in answer
     assert CALLS.actions == [PNR_ACTION]
@@ -370,9 +418,11 @@ def test_expect_100_continue_with_lower_case_headers_is_answered(url):
 
 def test_request_over_max_request_bytes_is_413(url, server):
     envelope = corpus.wrap_in_envelope(b"<x:Ping xmlns:x='urn:test'/>", "urn:test:Echo")
-    content_type, body = corpus.mtom_with_attachments(envelope, {"big@x": ("application/octet-stream",
-                                                                            b"x" * (MAX_REQUEST_BYTES + 1))},
-                                                      "urn:test:Echo")
+    content_type, body = corpus.mtom_with_attachments(
+        envelope,
+        {"big@x": ("application/octet-stream", b"x" * (MAX_REQUEST_BYTES + 1))},
+        "urn:test:Echo",
+    )
     # Announced by Content-Length ...
     response = httpx.post(url, content=body, headers={"Content-Type": content_type})
     assert response.status_code == 413
@@ -381,7 +431,7 @@ def test_request_over_max_request_bytes_is_413(url, server):
     # ... and sent chunked, with no Content-Length to go by.
     def pieces():
         for offset in range(0, len(body), 65536):
-            yield body[offset:offset + 65536]
+            yield body[offset : offset + 65536]
 
     response = httpx.post(url, content=pieces(), headers={"Content-Type": content_type})
     assert response.status_code == 413
@@ -398,13 +448,23 @@ def test_client_reads_a_reply_streamed_by_the_server_in_chunks(url, tmp_path):
     body = etree.Element("{urn:test}Ping")
     xop_include(etree.SubElement(body, "{urn:test}Document"), "doc@client")
     with pytest.raises(SoapFault) as caught:  # above this server's limit
-        call(url, "urn:test:Echo", body, parts=[OutgoingPart("doc@client", "application/octet-stream", path=path)])
+        call(
+            url,
+            "urn:test:Echo",
+            body,
+            parts=[OutgoingPart("doc@client", "application/octet-stream", path=path)],
+        )
     assert caught.value.code == "Sender"
     assert "exceeds" in caught.value.reason
 
     small = data[:500_000]
     path.write_bytes(small)
-    reply = call(url, "urn:test:Echo", body, parts=[OutgoingPart("doc@client", "x/y", path=path)],
-                 spool_factory=lambda: Spool(tmp_path))
+    reply = call(
+        url,
+        "urn:test:Echo",
+        body,
+        parts=[OutgoingPart("doc@client", "x/y", path=path)],
+        spool_factory=lambda: Spool(tmp_path),
+    )
     assert [a.path.read_bytes() for a in reply.attachments.values()] == [small]
     reply.discard()
