@@ -9,7 +9,7 @@ import httpx
 from lxml import etree
 
 from soap.envelope import build_envelope
-from soap.faults import parse_fault
+from soap.faults import SoapFault, parse_fault
 from soap.mtom import (
     IncomingMessage,
     OutgoingPart,
@@ -19,6 +19,8 @@ from soap.mtom import (
 )
 from soap.spool import Spool
 from soap.xml import SOAP12_ENV, WSA_ANONYMOUS
+
+SOAP_MEDIA_TYPES = ("multipart/related", "application/soap+xml", "text/xml", "application/xml")
 
 
 class SoapTransportError(Exception):
@@ -56,18 +58,23 @@ class SoapClient:
                 ) as response,
             ):
                 reply_type = response.headers.get("content-type", "")
-                if not reply_type.startswith(
-                    ("multipart/related", "application/soap+xml", "text/xml", "application/xml")
-                ):
+                if not reply_type.lower().startswith(SOAP_MEDIA_TYPES):
                     raise SoapTransportError(
                         f"{url} answered HTTP {response.status_code} with "
                         f"{reply_type or 'no content type'}, not SOAP"
                     )
-                reply = await read_message(
-                    reply_type, response.aiter_bytes(), spool_factory
-                )  # decoded
+                # aiter_bytes undoes any Content-Encoding (gzip) the server chose.
+                reply = await read_message(reply_type, response.aiter_bytes(), spool_factory)
+        except httpx.TimeoutException as exc:
+            raise SoapTransportError(
+                f"{url} did not answer within {self.timeout:g} s ({exc.__class__.__name__})"
+            ) from None
         except httpx.HTTPError as exc:
             raise SoapTransportError(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        except SoapFault as fault:
+            # read_message speaks as a receiver judging a request; here the broken message is
+            # the peer's reply, so the fault lies with the service we called.
+            raise SoapFault("Receiver", f"malformed reply from {url}: {fault.reason}") from None
 
         fault = reply.envelope_root.find(f"{{{SOAP12_ENV}}}Body/{{{SOAP12_ENV}}}Fault")
         if fault is not None:
