@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 
 from lxml import etree
 
@@ -16,7 +17,13 @@ SOAP_FAULT_ACTION = "http://www.w3.org/2005/08/addressing/soap/fault"
 class SoapFault(Exception):
     """A SOAP 1.2 fault: ``code`` is one of CODES; ``subcode`` a Clark-notation QName."""
 
-    def __init__(self, code: str, reason: str, subcode: str | None = None, not_understood=()):
+    def __init__(
+        self,
+        code: str,
+        reason: str,
+        subcode: str | None = None,
+        not_understood: Iterable[str] = (),
+    ):
         if code not in CODES:
             raise ValueError(f"unknown SOAP 1.2 fault code {code!r}")
         super().__init__(reason)
@@ -31,6 +38,9 @@ class SoapFault(Exception):
         return 400 if self.code == "Sender" else 500
 
     def to_envelope(self, relates_to: str | None = None) -> bytes:
+        """The fault as a SOAP 1.2 envelope (UTF-8), with the WS-Addressing fault action,
+        RelatesTo when the request's MessageID is known, and one env:NotUnderstood block per
+        header block a MustUnderstand fault names. The reason is the only text it carries."""
         envelope = etree.Element(f"{{{SOAP12_ENV}}}Envelope", nsmap={"env": SOAP12_ENV, "wsa": WSA})
         header = etree.SubElement(envelope, f"{{{SOAP12_ENV}}}Header")
         is_addressing = self.subcode is not None and self.subcode.startswith(f"{{{WSA}}}")
