@@ -91,6 +91,9 @@ async def read_message(
     boundary = params.get("boundary")
     if not boundary:
         raise SoapFault("Sender", "the multipart/related Content-Type has no boundary parameter")
+    if not boundary.isascii():
+        # RFC 2046 5.1.1: a boundary is made of a small set of ASCII characters.
+        raise SoapFault("Sender", "the multipart/related boundary parameter is not ASCII")
     start = params.get("start", "").strip().strip("<>") or None
 
     reader = _MultipartReader(boundary.encode("latin-1"), start, spool_factory, max_root_bytes)

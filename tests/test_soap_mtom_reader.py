@@ -372,6 +372,7 @@ BROKEN = {
         "after a boundary delimiter",
     ),
     "no-delimiter-at-all": (CT, b"just some bytes\r\n", "no boundary delimiter"),
+    "non-ascii-boundary": (CT.replace('"B0"', '"B\u00e9"'), ROOT_PART + b"--B0--\r\n", "not ASCII"),
     "attachment-without-content-id": (
         CT,
         ROOT_PART + b"--B0\r\nContent-Type: text/plain\r\n\r\nx\r\n--B0--\r\n",
