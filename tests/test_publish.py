@@ -134,3 +134,50 @@ def test_unreachable_registry_is_retried_and_unknown_study_fails(tmp_path, datab
     unknown = jobs.enqueue("1.2.3.4.5", reason="test")
     asyncio.run(publisher.run_job(jobs.claim()))
     assert jobs.get(unknown).state == FAILED and "not in the archive" in jobs.get(unknown).detail
+
+
+def test_stable_study_is_queued_automatically_once(world):
+    settings, components, archive, jobs, publisher = world
+    settings.source.publish_delay_seconds = 0.05
+    import_files(archive, [DEPT002])
+    import time
+
+    publisher.queue_stable_studies()
+    assert jobs.list() == []  # not quiet long enough yet
+    time.sleep(0.2)
+    publisher.queue_stable_studies()
+    publisher.queue_stable_studies()  # a waiting job is not queued twice
+    (job,) = jobs.list()
+    assert job.reason == "stable"
+
+    asyncio.run(publisher.run_job(jobs.claim()))
+    assert jobs.get(job.id).state == DONE
+    publisher.queue_stable_studies()  # published and unchanged: nothing new
+    assert len(jobs.list()) == 1
+
+
+def test_rad68_to_an_external_repository(tmp_path, database_url):
+    """The Imaging Document Source submits over SOAP 1.2 / MTOM to a Document Repository that
+    runs as a separate HTTP service (another instance of this product, on 127.0.0.1)."""
+    from tests.servers import serve
+    from xds.service import create_app
+
+    remote_settings = settings_for(tmp_path / "remote")
+    remote = create_app(remote_settings)
+    with serve(remote) as base:
+        settings = settings_for(tmp_path / "source", storage__database_url=database_url, source__profile="nist-ids",
+                                source__repository_url=f"{base}/xds/repository")
+        components = Components(settings)
+        archive = open_archive(settings, components.engine, components.blobstore)
+        jobs = JobQueue(components.engine)
+        publisher = Publisher(settings, archive, components.blobstore, jobs, ManifestLedger(components.engine))
+        import_files(archive, [DEPT002])
+
+        publication = asyncio.run(publisher.publish(DEPT002_STUDY))
+        assert publication.status == ebrim.SUCCESS
+
+    stored = remote.state.components.repository_store.get(publication.document_unique_id)
+    assert stored is not None and stored.state == "available" and stored.mime_type == "application/dicom"
+    kos = pydicom.dcmread(remote.state.components.blobstore.path(stored.blob_key))
+    assert str(kos.SOPInstanceUID) == publication.document_unique_id
+    assert components.repository_store.get(publication.document_unique_id) is None  # nothing kept locally

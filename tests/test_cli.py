@@ -1,0 +1,44 @@
+"""The ``xdsi`` command line: help, import, jobs, configuration errors."""
+
+import subprocess
+import sys
+
+from tests.conftest import NIST_IDS, ROOT
+
+
+def xdsi(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "xds.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_help_lists_the_commands(tmp_path):
+    result = xdsi("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("serve", "import", "publish", "jobs"):
+        assert command in result.stdout
+
+
+def test_import_then_jobs_in_a_working_folder(tmp_path):
+    result = xdsi("import", str(NIST_IDS / "IDS-DEPT003-a" / "images"), str(ROOT / "README.md"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "stored=20" in result.stdout.replace(" ", "") or "20 stored" in result.stdout, result.stdout
+    assert "20/21 files" in result.stderr or "21/21 files" in result.stderr  # the progress bar
+
+    again = xdsi("import", str(NIST_IDS / "IDS-DEPT003-a" / "images"), cwd=tmp_path)
+    assert "duplicate=20" in again.stdout.replace(" ", "") or "20 duplicate" in again.stdout, again.stdout
+
+    jobs = xdsi("jobs", cwd=tmp_path)
+    assert jobs.returncode == 0 and "no publishing jobs" in jobs.stdout
+
+    queued = xdsi("publish", "--no-wait", "1.2.3.4", cwd=tmp_path)
+    assert queued.returncode == 0 and "queued" in queued.stdout
+    listing = xdsi("jobs", cwd=tmp_path)
+    assert "queued" in listing.stdout and "1.2.3.4" in listing.stdout
+
+
+def test_invalid_configuration_names_the_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nport = 0\n")
+    result = xdsi("--config", str(config), "serve", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "server.port" in result.stderr
