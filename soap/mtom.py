@@ -114,8 +114,13 @@ async def read_message(
 
 
 def _parse_root(data: bytes) -> etree._Element:
+    # Blank lines around the envelope (bare-LF framing, trailing newlines) are dropped, but only
+    # from an ASCII-compatible encoding: in UTF-16 or UTF-32 a newline is two or four bytes, and
+    # taking one byte off would cut a character in half.
+    if not data.startswith((b"\xff\xfe", b"\xfe\xff")) and b"\x00" not in data[:4]:
+        data = data.strip()
     try:
-        return parse_xml(data.strip())
+        return parse_xml(data)
     except XmlError as exc:
         raise SoapFault("Sender", f"the SOAP envelope is not acceptable XML: {exc}") from None
 

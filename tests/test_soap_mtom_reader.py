@@ -417,3 +417,24 @@ def test_bare_lf_framing_and_transport_padding_are_accepted(spools):
         assert message.attachments["a@x"].path.read_bytes() == b"--not a delimiter\n"
         message.discard()
     assert spools.leftovers() == []
+
+
+ENVELOPE_TEXT = (
+    '<?xml version="1.0" encoding="{encoding}"?>\n'
+    '<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body>'
+    "<a>Grüße, Ørsted, façade</a></e:Body></e:Envelope>\n"
+)
+
+
+@pytest.mark.parametrize("encoding", ["ISO-8859-1", "UTF-16", "UTF-16BE", "UTF-16LE", "UTF-8"])
+def test_root_part_in_the_encoding_its_xml_declares_is_parsed_from_bytes(encoding, spools):
+    root = ENVELOPE_TEXT.format(encoding=encoding).encode(encoding.lower())
+    body = (
+        b'--B0\r\nContent-Type: application/xop+xml; type="application/soap+xml"\r\n'
+        b"Content-ID: <root@x>\r\n\r\n" + root + b"\r\n--B0--\r\n"
+    )
+    for chunk in (1, 4096):
+        message = read("multipart/related; boundary=B0", body, spools, chunk)
+        assert message.envelope_root.findtext(f"{{{SOAP12_ENV}}}Body/a") == "Grüße, Ørsted, façade"
+    plain = read("application/soap+xml", root, spools)
+    assert plain.envelope_root.findtext(f"{{{SOAP12_ENV}}}Body/a") == "Grüße, Ørsted, façade"
