@@ -41,6 +41,13 @@ BODY_READ_TIMEOUT = 60.0
 
 @dataclass
 class SoapRequest:
+    """A checked request as a handler sees it.
+
+    Its attachments (and the spools ``content`` makes for inline base64) are deleted once the
+    reply has been sent. A handler that keeps a document moves the file away first (for
+    example with the blob store's commit); the clean-up tolerates the missing file.
+    """
+
     envelope: SoapEnvelope
     message: IncomingMessage
     spool_factory: Callable
@@ -52,6 +59,10 @@ class SoapRequest:
 
 @dataclass
 class SoapReply:
+    """A handler's answer: the service adds wsa:Action, a MessageID and RelatesTo, and sends
+    it in the request's form (MTOM with ``parts`` as attachments, or plain SOAP with them
+    inlined as base64)."""
+
     action: str
     body: etree._Element
     parts: list[OutgoingPart] = field(default_factory=list)
@@ -62,6 +73,14 @@ Handler = Callable[[SoapRequest], Awaitable[SoapReply]]
 
 
 class SoapService:
+    """One SOAP 1.2 endpoint, an ASGI application (a Starlette Route or Mount endpoint).
+
+    ``handlers`` maps each request wsa:Action to its handler; ``understood`` names (Clark
+    notation) the non-WS-Addressing header blocks the handlers process, so that they may carry
+    mustUnderstand; ``wsdl_path`` is served on GET ?wsdl; a request whose Content-Length, or
+    whose bytes as they arrive, exceed ``max_request_bytes`` gets a 413 Sender fault.
+    """
+
     def __init__(
         self,
         handlers: dict[str, Handler],
