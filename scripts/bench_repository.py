@@ -6,6 +6,8 @@
 - MB/s for a 200 MB and a 1 GB document submitted by ITI-41 (MTOM) and retrieved by ITI-43;
 - the same bytes uploaded to and downloaded from a trivial streaming endpoint on the same HTTP
   stack (uvicorn + Starlette): the transport limit;
+- the same bytes written to a file and fsynced: the durable-storage limit, which an ITI-41
+  cannot beat since it acknowledges only stored bytes;
 - the service's peak resident memory (VmHWM) over the whole run.
 
 Everything runs on 127.0.0.1; the servers are child processes of this script, stopped at the end.
@@ -209,6 +211,20 @@ def bench_transport(base: str, size: int) -> tuple[float, float]:
     return upload, download
 
 
+def bench_disk(folder: str, size: int) -> float:
+    """Writing the same bytes to a file and fsyncing it: what durable storage costs here."""
+    path = Path(folder) / "disk-limit"
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        for chunk in generated(size):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - start
+    path.unlink()
+    return size / MB / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="200,1000", help="large document sizes in MB (default 200,1000)")
@@ -236,9 +252,11 @@ def main() -> None:
                 up, _ = bench_large_document(base, repository_unique_id, size)
                 down = bench_large_document_mtom_retrieve(base, repository_unique_id, size)
                 t_up, t_down = bench_transport(transport_base, size)
+                disk = bench_disk(scratch, size)
                 print(f"{size // MB} MB document: ITI-41 {up:.0f} MB/s, ITI-43 {down:.0f} MB/s; "
                       f"transport limit upload {t_up:.0f} MB/s, download {t_down:.0f} MB/s; "
-                      f"ratio {up / t_up:.2f} / {down / t_down:.2f}")
+                      f"ratio {up / t_up:.2f} / {down / t_down:.2f}; "
+                      f"disk write+fsync {disk:.0f} MB/s (ITI-41 / disk {up / disk:.2f})")
             print(f"service peak RSS over the run: {peak_rss_mb(service.pid):.0f} MB")
         finally:
             for process in (service, transport):
