@@ -42,3 +42,10 @@ def test_invalid_configuration_names_the_key(tmp_path):
     result = xdsi("--config", str(config), "serve", cwd=tmp_path)
     assert result.returncode == 2
     assert "server.port" in result.stderr
+
+
+def test_unknown_profile_stops_the_start_with_a_message(tmp_path):
+    result = xdsi("serve", "--profile", "no-such-profile", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "source.profile" in result.stderr and "no-such-profile" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -57,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings, args) -> int:
+    from xds.profile import ProfileError, load_profile
     from xds.runtime import run_server
 
+    try:
+        load_profile(settings.source.profile)  # fail before anything starts
+    except ProfileError as exc:
+        print(f"xdsi: configuration error: source.profile: {exc}", file=sys.stderr)
+        return 2
     return run_server(settings)
 
 

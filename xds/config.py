@@ -28,7 +28,6 @@ class Server:
     port: int = 8080
     # The base URL consumers use to reach this service (Retrieve URL in manifests, wsa:To).
     public_url: str = ""
-    workers: int = 1
 
 
 @dataclass
@@ -201,8 +200,6 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"server.port: {settings.server.port} is not a TCP port")
     if not 0 < settings.dicom.port < 65536:
         raise ConfigError(f"dicom.port: {settings.dicom.port} is not a TCP port")
-    if settings.server.workers < 1:
-        raise ConfigError("server.workers: must be at least 1")
     for name, value in (("repository.unique_id", settings.repository.unique_id),
                         ("source.unique_id", settings.source.unique_id)):
         if not OID.match(value) or len(value) > 64:
