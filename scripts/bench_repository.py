@@ -18,7 +18,6 @@ Everything runs on 127.0.0.1; the servers are child processes of this script, st
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import socket
 import subprocess

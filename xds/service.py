@@ -25,11 +25,11 @@ from xds import ebrim
 from xds.blobstore import FileBlobStore
 from xds.config import Settings
 from xds.db import create_all, create_engine
-from xds.errors import XdsError, registry_response
+from xds.errors import XdsError
 from xds.registry_client import InProcessRegistry, RemoteRegistry
 from xds.repository import DocumentRepository
 from xds.repository_store import RepositoryStore
-from xds.retrieve import retrieve_document_set
+from xds.retrieve import RetrieveResult, retrieve_document_set
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ def repository_endpoint(components: Components) -> SoapService:
                 max_documents=settings.repository.max_documents_per_request,
             )
         except XdsError as exc:
-            response = _failure_retrieve_response(exc)
-            return SoapReply(ebrim.ITI43_RESPONSE_ACTION, response)
+            result = RetrieveResult(errors=list(exc.errors))
         response, parts = result.response()
         return SoapReply(ebrim.ITI43_RESPONSE_ACTION, response, parts)
 
@@ -141,12 +140,4 @@ def _expect(request: SoapRequest, prefix: str, local: str):
     body = request.envelope.body
     if body.tag != ebrim.q(prefix, local):
         raise SoapFault("Sender", f"the Body must hold {prefix}:{local} for this action, not {body.tag}")
-    return body
-
-
-def _failure_retrieve_response(exc: XdsError):
-    from lxml import etree
-
-    body = etree.Element(ebrim.q("xds", "RetrieveDocumentSetResponse"), nsmap={"xds": ebrim.XDS})
-    body.append(registry_response(list(exc.errors)))
     return body
