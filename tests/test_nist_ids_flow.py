@@ -141,3 +141,28 @@ def test_study_sent_published_and_read_back(service, folder):
     assert any(value.startswith(f"{reference.AccessionNumber}^^^") and value.endswith("urn:ihe:iti:xds:2013:accession")
                for value in slot(entry, ebrim.REFERENCE_ID_LIST_SLOT))
     assert slot(entry, "repositoryUniqueId") == [service.settings.repository.unique_id]
+
+
+@pytest.mark.parametrize("folder", ["IDS-DEPT002-a", "IDS-DEPT041-a"])
+def test_retrieve_url_and_retrieve_ae_of_the_manifest_work(service, folder):
+    """What the manifest promises per series: WADO-RS at the Retrieve URL, C-FIND/C-MOVE at the
+    Retrieve AE Title (checked with dcmtk's findscu against the service's own DICOM port)."""
+    require_tool("findscu")
+    reference = manifest_summary(pydicom.dcmread(NIST_IDS / folder / "kos" / "kos.dcm"))
+    send(service.settings, folder)
+    study = reference["study_instance_uid"]
+
+    for series, instances in reference["series"].items():
+        response = service.get(f"/wado-rs/studies/{study}/series/{series}",
+                               headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        assert response.status_code == 200
+        boundary = response.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
+        assert response.content.count(b"--" + boundary.encode()) == len(instances) + 1
+
+        found = subprocess.run(
+            ["findscu", "-S", "-aet", "NIST", "-aec", service.settings.dicom.ae_title,
+             "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={study}", "-k", f"SeriesInstanceUID={series}",
+             "-k", "SOPInstanceUID", "127.0.0.1", str(service.settings.dicom.port)],
+            env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, text=True, timeout=60)
+        assert found.returncode == 0, found.stderr
+        assert (found.stdout + found.stderr).count("Find Response:") == len(instances)

@@ -216,3 +216,16 @@ def test_unreachable_registry_is_registry_not_available(tmp_path):
         answer = post(client, provide_and_register("1.2.3.1", b"one"))
         assert answer.status == ebrim.FAILURE and answer.error_codes == ["XDSRegistryNotAvailable"]
         assert retrieve(client, "1.2.3.1").status == ebrim.FAILURE
+
+
+def test_external_entity_in_a_submission_reads_no_file(client, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-VALUE")
+    envelope = provide_and_register("1.2.3.1", b"x").decode()
+    envelope = (f'<?xml version="1.0"?><!DOCTYPE e [<!ENTITY x SYSTEM "file://{secret}">]>'
+                + envelope.replace("en-US", "&x;"))
+    response = client.post(REPOSITORY, content=envelope.encode(), headers={"Content-Type": "application/soap+xml"})
+    answer = read_answer(response)
+    assert response.status_code == 400 and answer.fault_code()[0] == "Sender"
+    assert b"TOP-SECRET-VALUE" not in response.content
+    assert retrieve(client, "1.2.3.1").status == ebrim.FAILURE
