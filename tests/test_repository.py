@@ -229,3 +229,20 @@ def test_external_entity_in_a_submission_reads_no_file(client, tmp_path):
     assert response.status_code == 400 and answer.fault_code()[0] == "Sender"
     assert b"TOP-SECRET-VALUE" not in response.content
     assert retrieve(client, "1.2.3.1").status == ebrim.FAILURE
+
+
+def test_abandoned_pending_submission_is_cleaned_up(client):
+    """A process that died between storing and registering leaves a pending row and a blob."""
+    from datetime import timedelta
+
+    components = client.app.state.components
+    store = components.repository_store
+    assert store.reserve("1.2.3.9", "text/plain", "0" * 40, 3, submission="dead") is None
+    with components.blobstore.spool() as spool:
+        spool.write(b"abc")
+        components.blobstore.commit(spool, store.get("1.2.3.9").blob_key)
+
+    assert components.repository.clean_up_abandoned(older_than=timedelta(hours=1)) == 0  # too recent
+    assert components.repository.clean_up_abandoned(older_than=timedelta(seconds=-1)) == 1
+    assert store.get("1.2.3.9") is None
+    assert post(client, provide_and_register("1.2.3.9", b"fresh")).status == ebrim.SUCCESS

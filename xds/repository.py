@@ -12,6 +12,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable, Protocol
 
 from lxml import etree
@@ -157,6 +158,16 @@ class DocumentRepository:
         log.info("ITI-41 stored and registered %d document(s): %s", len(submission.document_entries),
                  ", ".join(entry.unique_id for entry in submission.document_entries))
         return SubmissionResult(ebrim.SUCCESS, registry_errors)
+
+    def clean_up_abandoned(self, older_than: timedelta = timedelta(hours=1)) -> int:
+        """Remove what submissions left pending when their process died mid-way (never
+        retrievable, but taking space and blocking their uniqueIds). Returns how many."""
+        abandoned = self.store.stale_pending(older_than)
+        for submission_key in abandoned:
+            self._roll_back(submission_key)
+        if abandoned:
+            log.warning("removed documents of %d abandoned submission(s)", len(abandoned))
+        return len(abandoned)
 
     def _roll_back(self, submission_key: str) -> None:
         for key in self.store.drop_pending(submission_key):

@@ -49,6 +49,7 @@ def build_app(settings: Settings, start_dicom: bool = True, start_worker: bool =
     async def lifespan(app):
         dicom_server = None
         worker = None
+        components.repository.clean_up_abandoned()
         if start_dicom and settings.dicom.enabled:
             dicom_server = DicomServer(components.archive, ae_title=settings.dicom.ae_title,
                                        host=settings.dicom.host, port=settings.dicom.port,
