@@ -13,8 +13,7 @@ def imaging_source_routes(components) -> list:
     from dicom.wado import wado_routes
     from xds.rad69 import ImagingDocumentSource, rad69_handler
 
-    source = ImagingDocumentSource(components.settings.source.unique_id, components.archive,
-                                   spool_factory=components.blobstore.spool)
+    source = ImagingDocumentSource(components.settings.source.unique_id, components.archive)
     rad69 = SoapService(
         {ebrim.RAD69_ACTION: rad69_handler(source)},
         spool_factory=components.blobstore.spool,

@@ -42,7 +42,7 @@ class _InstanceRequest:
 
 
 class ImagingDocumentSource:
-    def __init__(self, unique_id: str, archive, spool_factory=None):
+    def __init__(self, unique_id: str, archive):
         self.unique_id = unique_id
         self.archive = archive
 
@@ -55,13 +55,18 @@ class ImagingDocumentSource:
 
         result = RetrieveResult()
         syntax_problem = _syntax_list_problem(syntaxes)
+        series_contents: dict[tuple[str, str], dict] = {}
         for item in wanted:
             document = item.document
             error = syntax_problem or self._request_problem(item)
             if error:
                 result.errors.append(RegistryError(error[0], error[1], location=document.document_unique_id))
                 continue
-            self._serve(item, syntaxes, result)
+            # One index query per requested series, not per instance.
+            key = (item.study_uid, item.series_uid)
+            if key not in series_contents:
+                series_contents[key] = {i.sop_instance_uid: i for i in self.archive.instances_of(*key)}
+            self._serve(item, series_contents[key].get(document.document_unique_id), syntaxes, result)
         return result
 
     def _request_problem(self, item: _InstanceRequest) -> tuple[str, str] | None:
@@ -76,11 +81,9 @@ class ImagingDocumentSource:
                     f"({self.unique_id})")
         return None
 
-    def _serve(self, item: _InstanceRequest, syntaxes: list[str], result: RetrieveResult) -> None:
+    def _serve(self, item: _InstanceRequest, instance, syntaxes: list[str], result: RetrieveResult) -> None:
         document = item.document
-        instance = self.archive.instance(document.document_unique_id)
-        if (instance is None or instance.series_instance_uid != item.series_uid
-                or instance.study_instance_uid != item.study_uid):
+        if instance is None:  # unknown, or not in the series and study named
             result.errors.append(RegistryError(
                 "XDSDocumentUniqueIdError",
                 f"instance {document.document_unique_id} is not held in series {item.series_uid} of study "
