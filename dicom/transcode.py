@@ -46,6 +46,10 @@ UNCOMPRESSED_TARGETS = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 PYDICOM_ENCODERS = {RLELossless, JPEGLSLossless, JPEG2000Lossless}
 DCMTK_JPEG = {JPEGLosslessSV1: "+e1", JPEG_LOSSLESS_PROCESS_14: "+el"}
 
+# JPEG processes dcmdjpeg decodes, as a fallback for pydicom.
+DCMTK_DECODES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", JPEG_LOSSLESS_PROCESS_14,
+                 JPEGLosslessSV1}
+
 # What each lossless encoder accepts (pydicom's encoder documentation; dcmcjpeg's lossless
 # codec for JPEG). Colour is limited to the forms whose photometric value stays unchanged.
 _ENCODER_LIMITS = {
@@ -179,8 +183,7 @@ def transcode(source: str | os.PathLike | BinaryIO, target_syntax: str, out: Bin
         if "PixelData" in ds and stored.is_compressed:
             if stored not in LOSSLESS_COMPRESSED and "LossyImageCompression" not in ds:
                 ds.LossyImageCompression = "01"
-            # The same instance in another encoding: its SOP Instance UID stays.
-            ds.decompress(generate_instance_uid=False)  # now Explicit VR Little Endian
+            ds = _decompressed(ds, stored)
         if target_syntax in PYDICOM_ENCODERS:
             ds.compress(target_syntax, generate_instance_uid=False)
         elif target_syntax in DCMTK_JPEG:
@@ -197,6 +200,29 @@ def transcode(source: str | os.PathLike | BinaryIO, target_syntax: str, out: Bin
     ds.save_as(out, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
 
 
+def _decompressed(ds: Dataset, stored: UID) -> Dataset:
+    """``ds`` with native pixel data in Explicit VR Little Endian, the same SOP Instance UID.
+
+    pylibjpeg refuses some JPEG streams that dcmtk's decoder tolerates (e.g. the NIST DEPT042
+    12-bit JPEG Extended image, whose scan header has sequential-mode values out of range);
+    those are decoded by dcmdjpeg when it is installed."""
+    try:
+        ds.decompress(generate_instance_uid=False)
+        return ds
+    except Exception:
+        if stored not in DCMTK_DECODES or shutil.which("dcmdjpeg") is None:
+            raise
+    with tempfile.TemporaryDirectory(prefix="transcode-") as folder:
+        encoded, native = Path(folder) / "encoded.dcm", Path(folder) / "native.dcm"
+        ds.save_as(encoded, enforce_file_format=True)
+        command = ["dcmdjpeg", "+te", str(encoded), str(native)]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                   check=False)
+        if completed.returncode != 0:
+            raise TranscodeError(f"dcmdjpeg failed ({completed.returncode}): {completed.stderr.strip()}")
+        return dcmread(native)  # read whole (nothing deferred) before the folder goes
+
+
 def _dcmtk_jpeg(ds: Dataset, target_syntax: str, out: BinaryIO) -> None:
     """JPEG Lossless through dcmcjpeg: it reads and writes files, so both go through a temp dir."""
     derivation = ds.get("DerivationDescription")
@@ -207,7 +233,8 @@ def _dcmtk_jpeg(ds: Dataset, target_syntax: str, out: BinaryIO) -> None:
 
         # +un: the output keeps the SOP Instance UID (lossless: the same instance).
         command = ["dcmcjpeg", DCMTK_JPEG[target_syntax], "+un", str(native), str(encoded)]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                   check=False)
         if completed.returncode != 0:
             raise TranscodeError(f"dcmcjpeg failed ({completed.returncode}): {completed.stderr.strip()}")
 

@@ -35,7 +35,13 @@ from typing import BinaryIO
 from lxml import etree
 from starlette.concurrency import run_in_threadpool
 
-from dicom.transcode import PixelInfo, choose_syntax, is_known, needs_pixel_info, transcode
+from dicom.transcode import (
+    PixelInfo,
+    choose_syntax,
+    is_known,
+    needs_pixel_info,
+    transcode,
+)
 from soap.faults import SoapFault
 from soap.service import SoapReply, SoapRequest
 from xds import ebrim
@@ -105,9 +111,9 @@ class ImagingDocumentSource:
     def _request_problem(self, item: InstanceRequest) -> tuple[str, str] | None:
         document = item.document
         if document.repository_unique_id != self.unique_id:
-            return ("XDSUnknownRepositoryId",
-                    f"repository {document.repository_unique_id!r} is not this Imaging Document "
-                    f"Source ({self.unique_id})")
+            context = (f"repository {document.repository_unique_id!r} is not this Imaging "
+                       f"Document Source ({self.unique_id})")
+            return "XDSUnknownRepositoryId", context
         for name, value in (("studyInstanceUID", item.study_uid),
                             ("seriesInstanceUID", item.series_uid),
                             ("DocumentUniqueId", document.document_unique_id)):
