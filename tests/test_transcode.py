@@ -14,7 +14,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom.transcode import PixelInfo, TranscodeError, can_produce, choose_syntax, transcode
+from dicom.transcode import (
+    PixelInfo,
+    TranscodeError,
+    can_produce,
+    choose_syntax,
+    transcode,
+)
 from tests.conftest import CORPUS, NIST_IDS, require_tool
 
 EXPLICIT, IMPLICIT = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
@@ -26,7 +32,7 @@ MONO12 = PixelInfo(True, "MONOCHROME2", 16, 12, 1)
 
 
 def first_image(study: str):
-    return sorted((NIST_IDS / study / "images").iterdir())[0]
+    return min((NIST_IDS / study / "images").iterdir())
 
 
 def produce(source, target: str) -> bytes:
@@ -65,8 +71,8 @@ def assert_same_attributes(original: pydicom.Dataset, returned: pydicom.Dataset)
         return original[tag].value == returned[tag].value
 
     # keys(), not iteration: iterating would convert (and so lose) the stored bytes.
-    changed = [str(tag) for tag in original.keys() if tag != 0x7FE00010 and not same(tag)]
-    added = [str(tag) for tag in returned.keys() if tag not in original]
+    changed = [str(tag) for tag in original.keys() if tag != 0x7FE00010 and not same(tag)]  # noqa: SIM118
+    added = [str(tag) for tag in returned.keys() if tag not in original]  # noqa: SIM118
     assert (changed, added) == ([], [])
 
 

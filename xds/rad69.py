@@ -160,17 +160,19 @@ class ImagingDocumentSource:
 
     def _transcoded(self, blob_key: str, target: str, sop_uid: str) -> Iterator[bytes]:
         """The instance in ``target``, encoded only when the response reaches its part."""
+        spool = self.spool_factory()
         try:
-            with self.spool_factory() as spool:
-                with self.archive.blobstore.open(blob_key) as source:
-                    transcode(source, target, spool)
-                spool.seek(0)
-                while chunk := spool.read(CHUNK):
-                    yield chunk
+            with self.archive.blobstore.open(blob_key) as source:
+                transcode(source, target, spool)
+            spool.seek(0)
+            while chunk := spool.read(CHUNK):
+                yield chunk
         except Exception:
             # The response has promised this part, so the stream can only be cut: say why.
             log.exception("RAD-69: transcoding instance %s to %s failed mid-response", sop_uid, target)
             raise
+        finally:
+            spool.close()  # also when the client leaves mid-part (the generator is closed)
 
 
 def instance_requests(request_element: etree._Element) -> list[InstanceRequest]:
