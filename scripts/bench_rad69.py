@@ -5,7 +5,8 @@ Prints, for a generated 500-instance CT study (512x512, 16-bit, ~0.5 MB each):
 
 1. RAD-69 MB/s for the whole study in one request, stored syntax requested, and the service's
    peak RSS (VmHWM of the ``xdsi serve`` process) during those retrieves;
-2. the same with transcoding to JPEG-LS lossless (or another syntax given by --transcode);
+2. the same with transcoding to JPEG Lossless SV1 (dcmcjpeg; JPEG-LS lossless when dcmtk is
+   not installed, or another syntax given by --transcode);
 3. Orthanc's WADO-RS retrieve of the same study (if Orthanc is installed);
 4. the same bytes as one static file (python http.server, and uvicorn + Starlette FileResponse):
    the transport limit (FileResponse reads 64 KB at a time, so it is slower than the service,
@@ -52,7 +53,8 @@ MB = 1_000_000
 SOURCE = "1.3.6.1.4.1.21367.13.40.301"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-SYNTAX_NAMES = {JPEG_LS_LOSSLESS: "JPEG-LS", "1.2.840.10008.1.2.5": "RLE",
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+SYNTAX_NAMES = {JPEG_LS_LOSSLESS: "JPEG-LS", JPEG_LOSSLESS_SV1: "JPEG Lossless", "1.2.840.10008.1.2.5": "RLE",
                 "1.2.840.10008.1.2.4.90": "JPEG 2000", "1.2.840.10008.1.2": "Implicit LE"}
 PORT_OURS, PORT_STATIC, PORT_UVICORN = 18080, 18081, 18082
 PORT_ORTHANC_DICOM, PORT_ORTHANC_HTTP = 14242, 18042
@@ -409,8 +411,10 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500, help="instances of the 512x512 study (default 500)")
     parser.add_argument("--small-count", type=int, default=5000, help="instances of the 64x64 study (default 5000)")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the median is printed")
-    parser.add_argument("--transcode", default=JPEG_LS_LOSSLESS,
-                        help="transfer syntax for line 2 (default JPEG-LS lossless; RLE: 1.2.840.10008.1.2.5)")
+    default_target = JPEG_LOSSLESS_SV1 if shutil.which("dcmcjpeg") else JPEG_LS_LOSSLESS
+    parser.add_argument("--transcode", default=default_target,
+                        help="transfer syntax for line 2 (default JPEG Lossless SV1 if dcmcjpeg is "
+                             "installed, else JPEG-LS lossless; RLE: 1.2.840.10008.1.2.5)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
