@@ -46,8 +46,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.corpus import mtom_single_part, wrap_in_envelope  # noqa: E402
-from xds import ebrim  # noqa: E402
+from tests.corpus import mtom_single_part, wrap_in_envelope
+from xds import ebrim
 
 MB = 1_000_000
 SOURCE = "1.3.6.1.4.1.21367.13.40.301"
