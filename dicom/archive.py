@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from dicom import index, part10
-from dicom.facts import Facts, InvalidInstance, read_facts
+from dicom.facts import Facts, InvalidInstance, facts_from_head, read_facts
 from dicom.records import (
     InstanceRecord,
     SeriesRecord,
@@ -57,6 +57,7 @@ __all__ = ["Archive", "InstanceRecord", "SeriesRecord", "StoreOutcome", "StoreRe
 # of a series cost one INSERT and one UPDATE.
 SERIES_CACHE_SIZE = 4096
 RETRIES = 5
+CACHED_HEAD = 1 << 16  # bytes of a stored file left in the page cache (see _release_cache)
 
 
 class StoreOutcome(str, enum.Enum):
@@ -81,6 +82,27 @@ class _Spooled:
     path: Path
     size: int = 0
     sha1: str = ""
+    facts: Facts | None = None  # read from the first chunk on the way, when it holds them
+
+
+def _release_cache(fd: int) -> None:
+    """Once an instance is on disk, let the kernel drop its cached pages past the header.
+
+    A study arriving is write-once data: kept in the page cache it only pushes out what is
+    read again (the index, the headers), and each new instance then needs fresh pages, which
+    costs more than reusing those just released (on a virtual machine, several times the
+    write itself). The header stays cached for the publishing step that reads it soon."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, CACHED_HEAD, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _facts_from_head(chunk: bytes, source: part10.Source, whole: bool) -> Facts | None:
+    """The index values from a data set's first chunk; None leaves it to ``read_facts``
+    (which also gives the reason when the data set is unreadable)."""
+    try:
+        return facts_from_head(chunk, source.transfer_syntax_uid, whole=whole)
+    except InvalidInstance:
+        return None
 
 
 class UnknownInstance(KeyError):
@@ -104,29 +126,75 @@ class Archive:
 
     def receive(self, path: str | Path, *, transfer_syntax_uid: str | None = None,
                 is_part10: bool = True, source_ae_title: str | None = None,
-                expected_sop_instance_uid: str | None = None) -> StoreReceipt:
-        """``store`` with the UIDs and a reason: what the C-STORE SCP needs to answer."""
+                expected_sop_instance_uid: str | None = None,
+                adopt: bool = False) -> StoreReceipt:
+        """``store`` with the UIDs and a reason: what the C-STORE SCP needs to answer.
+
+        ``adopt``: the file is in this archive's ``landing_folder`` and the archive takes it
+        over: it is moved into place or removed, whatever the outcome. When its File Meta
+        Information is ours (written by ``part10.file_meta_bytes``) it is archived as it is,
+        without a copy; otherwise it is copied behind our meta header like any other file."""
         if not is_part10 and not transfer_syntax_uid:
             raise ValueError("a bare data set needs its transfer_syntax_uid")
         try:
-            source = part10.read_source(path, is_part10=is_part10,
-                                        transfer_syntax_uid=transfer_syntax_uid)
-        except part10.NotDicom as exc:
-            return StoreReceipt(StoreOutcome.INVALID, detail=str(exc))
-        if not source.sop_class_uid or not source.sop_instance_uid:
-            return StoreReceipt(StoreOutcome.INVALID, detail="no SOP Class or Instance UID")
+            try:
+                source = part10.read_source(path, is_part10=is_part10,
+                                            transfer_syntax_uid=transfer_syntax_uid)
+            except part10.NotDicom as exc:
+                return StoreReceipt(StoreOutcome.INVALID, detail=str(exc))
+            if not source.sop_class_uid or not source.sop_instance_uid:
+                return StoreReceipt(StoreOutcome.INVALID, detail="no SOP Class or Instance UID")
 
-        spooled = self._spool(path, source, source_ae_title)
-        try:
-            facts = read_facts(spooled.path)
-            self._check_identity(facts, source, expected_sop_instance_uid)
-            facts.instance.update(transfer_syntax_uid=source.transfer_syntax_uid,
-                                  sha1=spooled.sha1, size=spooled.size)
-            return self._place(spooled, facts)
-        except InvalidInstance as exc:
-            return StoreReceipt(StoreOutcome.INVALID, source.sop_instance_uid, detail=str(exc))
+            if adopt and self._archivable_as_is(path, source, transfer_syntax_uid):
+                spooled = self._seal(Path(path), source)
+            else:
+                spooled = self._spool(path, source, source_ae_title)
+            try:
+                facts = spooled.facts or read_facts(spooled.path)
+                self._check_identity(facts, source, expected_sop_instance_uid)
+                facts.instance.update(transfer_syntax_uid=source.transfer_syntax_uid,
+                                      sha1=spooled.sha1, size=spooled.size)
+                return self._place(spooled, facts)
+            except InvalidInstance as exc:
+                return StoreReceipt(StoreOutcome.INVALID, source.sop_instance_uid,
+                                    detail=str(exc))
+            finally:
+                spooled.path.unlink(missing_ok=True)  # already gone once moved into place
         finally:
-            spooled.path.unlink(missing_ok=True)  # already gone once moved into place
+            if adopt:
+                Path(path).unlink(missing_ok=True)
+
+    @property
+    def landing_folder(self) -> Path:
+        """Where a receiver may write incoming files to hand them over with ``adopt=True``:
+        the blob store's tmp folder, on the same file system as the blobs."""
+        return self.blobstore.tmp
+
+    def _archivable_as_is(self, path, source: part10.Source, transfer_syntax_uid) -> bool:
+        """A landed file with our own File Meta Information, which nothing overrides."""
+        return (source.implementation_class_uid == part10.IMPLEMENTATION_CLASS_UID
+                and transfer_syntax_uid is None
+                and Path(path).parent.resolve() == self.landing_folder.resolve())
+
+    def _seal(self, path: Path, source: part10.Source) -> _Spooled:
+        """Take a landed Part 10 file as the spool: hash its data set bytes, read the index
+        values from its first chunk, and fsync it."""
+        spooled = _Spooled(path)
+        data_set_hash = hashlib.sha1()
+        with open(path, "rb") as f:
+            f.seek(source.offset)
+            first = True
+            for chunk in iter(lambda: f.read(part10.CHUNK), b""):
+                if first:
+                    spooled.facts = _facts_from_head(chunk, source, len(chunk) < part10.CHUNK)
+                    first = False
+                data_set_hash.update(chunk)
+                spooled.size += len(chunk)
+            os.fsync(f.fileno())
+            _release_cache(f.fileno())
+        spooled.size += source.offset
+        spooled.sha1 = data_set_hash.hexdigest()
+        return spooled
 
     def _spool(self, path, source: part10.Source, source_ae_title) -> _Spooled:
         """Write the Part 10 file into the blob store's tmp folder and fsync it.
@@ -143,12 +211,17 @@ class Archive:
                 out.write(meta)
                 spooled.size = len(meta)
                 source_file.seek(source.offset)
+                first = True
                 for chunk in iter(lambda: source_file.read(part10.CHUNK), b""):
+                    if first:
+                        spooled.facts = _facts_from_head(chunk, source, len(chunk) < part10.CHUNK)
+                        first = False
                     out.write(chunk)
                     data_set_hash.update(chunk)
                     spooled.size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
+                _release_cache(out.fileno())
         except BaseException:
             spooled.path.unlink(missing_ok=True)
             raise
@@ -167,35 +240,45 @@ class Archive:
                                   f"differs from the announced {source.sop_class_uid}")
 
     def _place(self, spool: _Spooled, facts: Facts) -> StoreReceipt:
+        """Move the spool into place and index it, unless the SOP Instance UID is indexed.
+
+        The look-up, the move and the rows share one transaction (one connection, one commit);
+        the move comes before the rows, so a committed row always names a file in place."""
         sop_uid, sha1 = facts.sop_instance_uid, facts.instance["sha1"]
-        existing = self._existing(sop_uid)
-        if existing is not None:
-            return self._repeat(existing, facts)
-
         key = f"dicom/{facts.study_uid}/{facts.series_uid}/{sop_uid}.{sha1[:16]}.dcm"
-        self.blobstore.adopt(spool.path, key)
-        facts.instance["blob_key"] = key
-
+        placed = False
         for _attempt in range(RETRIES):
             try:
-                self._index(facts)
-                return StoreReceipt(StoreOutcome.STORED, sop_uid, facts.study_uid)
+                with self.engine.begin() as connection:
+                    existing = self._existing(sop_uid, connection)
+                    if existing is None:
+                        if not placed:
+                            self.blobstore.adopt(spool.path, key)
+                            facts.instance["blob_key"] = key
+                            placed = True
+                        ids = self._index(connection, facts)
             except IntegrityError:
                 # Another writer inserted the same instance, or the same patient, study or
                 # series row first: look again with fresh state.
                 self._forget(facts.series_uid)
-                existing = self._existing(sop_uid)
-                if existing is not None:
-                    if existing[1] != key:
-                        self.blobstore.delete(key)
-                    return self._repeat(existing, facts)
+                continue
+            if existing is None:
+                self._remember(facts.series_uid, ids)
+                return StoreReceipt(StoreOutcome.STORED, sop_uid, facts.study_uid)
+            if placed and existing[1] != key:
+                self.blobstore.delete(key)
+            return self._repeat(existing, facts)
         raise RuntimeError(f"could not index instance {sop_uid} after {RETRIES} attempts")
 
-    def _existing(self, sop_uid: str) -> tuple[str, str] | None:
+    def _existing(self, sop_uid: str, connection: Connection | None = None
+                  ) -> tuple[str, str] | None:
         """(sha1, blob key) of the instance already indexed under ``sop_uid``."""
         statement = sa.select(index.instance.c.sha1, index.instance.c.blob_key).where(
             index.instance.c.sop_instance_uid == sop_uid)
-        with self.engine.connect() as connection:
+        if connection is None:
+            with self.engine.connect() as connection:
+                row = connection.execute(statement).first()
+        else:
             row = connection.execute(statement).first()
         return tuple(row) if row else None
 
@@ -210,20 +293,20 @@ class Archive:
                             "SOP Instance UID already archived with different content; "
                             "the archived instance is kept")
 
-    def _index(self, facts: Facts) -> None:
-        """One transaction: the patient, study and series rows if new, the instance row, and
-        the study's count and time of last change."""
+    def _index(self, connection: Connection, facts: Facts) -> tuple[int, int]:
+        """In the caller's transaction: the patient, study and series rows if new, the instance
+        row, and the study's count and time of last change. Returns (study, series) row ids,
+        to remember once committed."""
         now = datetime.now(UTC)
-        with self.engine.begin() as connection:
-            ids = self._cached(facts.series_uid)
-            if ids is None:
-                ids = self._parents(connection, facts, now)
-            study_pk, series_pk = ids
-            connection.execute(index.instance.insert().values(
-                **facts.instance, series_fk=series_pk, received_at=now))
-            connection.execute(index.study.update().where(index.study.c.id == study_pk).values(
-                instance_count=index.study.c.instance_count + 1, updated_at=now))
-        self._remember(facts.series_uid, ids)
+        ids = self._cached(facts.series_uid)
+        if ids is None:
+            ids = self._parents(connection, facts, now)
+        study_pk, series_pk = ids
+        connection.execute(index.instance.insert().values(
+            **facts.instance, series_fk=series_pk, received_at=now))
+        connection.execute(index.study.update().where(index.study.c.id == study_pk).values(
+            instance_count=index.study.c.instance_count + 1, updated_at=now))
+        return ids
 
     def _parents(self, connection: Connection, facts: Facts, now: datetime) -> tuple[int, int]:
         patient_pk = self._patient(connection, facts.patient)

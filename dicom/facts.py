@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 # A UID (PS3.5 9.1): dotted digits, at most 64 characters.
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -32,6 +35,8 @@ INSTANCE_KEYS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "NumberOfFra
 
 TAGS = [tag_for_keyword(k) for k in ("SpecificCharacterSet", *PATIENT_KEYS, *STUDY_KEYS,
                                      *SERIES_KEYS, *INSTANCE_KEYS)]
+LAST_TAG = max(TAGS)  # reading stops after it: what follows (pixel data, frames) is not needed
+HEAD_FIRST_TRY = 1 << 16
 
 
 class InvalidInstance(ValueError):
@@ -67,6 +72,57 @@ def read_facts(part10_path: str | Path) -> Facts:
     except Exception as exc:  # pydicom raises many kinds for broken data
         raise InvalidInstance(f"unreadable data set: {exc}") from exc
     return facts_of(header)
+
+
+def facts_from_head(head: bytes, transfer_syntax_uid: str, *, whole: bool) -> Facts | None:
+    """Read the index values from the first bytes of a data set (``whole``: all of it).
+
+    None when the elements wanted do not all lie within ``head``, or the data set is deflated:
+    then ``read_facts`` reads the file. Parsing bytes already in memory (those just hashed)
+    costs a fraction of opening the file again with ``dcmread``."""
+    syntax = UID(transfer_syntax_uid)
+    if syntax.is_deflated or not syntax.is_transfer_syntax:
+        return None
+    # The elements wanted are usually in the first few KB: try those alone first, as the
+    # parser copies what it is given.
+    for size in (HEAD_FIRST_TRY, len(head)):
+        buffer = _Head(head[:size], whole and size >= len(head))
+        try:
+            header = read_dataset(buffer, syntax.is_implicit_VR, syntax.is_little_endian,
+                                  stop_when=lambda tag, _vr, _length: tag > LAST_TAG,
+                                  specific_tags=TAGS)
+        except _Head.Short:
+            if size >= len(head):
+                return None
+            continue
+        except Exception as exc:  # pydicom raises many kinds for broken data
+            raise InvalidInstance(f"unreadable data set: {exc}") from exc
+        return facts_of(header)
+    return None
+
+
+class _Head(BytesIO):
+    """The first bytes of a data set; reading or seeking past them raises ``Short`` (unless
+    they are the whole data set) instead of looking like the data set's end."""
+
+    class Short(Exception):
+        pass
+
+    def __init__(self, head: bytes, whole: bool):
+        super().__init__(head)
+        self._size = len(head)
+        self._whole = whole
+
+    def read(self, size: int | None = -1) -> bytes:
+        if not self._whole and (size is None or size < 0 or self.tell() + size > self._size):
+            raise self.Short
+        return super().read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = super().seek(offset, whence)
+        if not self._whole and position > self._size:
+            raise self.Short
+        return position
 
 
 def facts_of(header: Dataset) -> Facts:

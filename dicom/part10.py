@@ -25,6 +25,14 @@ IMPLEMENTATION_VERSION_NAME = "XDSI_ARCHIVE_1"
 
 CHUNK = 1 << 20
 PREAMBLE = b"\x00" * 128 + b"DICM"
+META_PEEK = 4096  # a File Meta Information group is a few hundred bytes
+
+# Group 0002 elements read from a source, by element number.
+_META_UIDS = {0x0002: "MediaStorageSOPClassUID", 0x0003: "MediaStorageSOPInstanceUID",
+              0x0010: "TransferSyntaxUID", 0x0012: "ImplementationClassUID"}
+# Explicit VRs with a reserved field and a 4-byte length (PS3.5 7.1.2).
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                    b"UR", b"UT", b"UV"}
 
 SOP_CLASS_UID = Tag(0x0008, 0x0016)
 SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
@@ -42,6 +50,8 @@ class Source:
     transfer_syntax_uid: str
     sop_class_uid: str | None
     sop_instance_uid: str | None
+    # Who wrote the meta header: ours means the file can be archived as it is.
+    implementation_class_uid: str | None = None
 
 
 def is_part10(path: str | Path) -> bool:
@@ -64,17 +74,55 @@ def read_source(path: str | Path, *, is_part10: bool, transfer_syntax_uid: str |
         return Source(0, transfer_syntax_uid, sop_class, sop_instance)
 
     with open(path, "rb") as f:
-        try:
-            read_preamble(f, False)
-            meta = _read_file_meta_info(f)
-        except Exception as exc:  # pydicom raises several kinds for a broken header
-            raise NotDicom(f"unreadable File Meta Information: {exc}") from exc
-        offset = f.tell()
-    syntax = transfer_syntax_uid or str(meta.get("TransferSyntaxUID", "") or "")
+        plain = _plain_meta(f.read(META_PEEK))
+        if plain is not None:
+            values, offset = plain
+            meta = {keyword: _str_or_none(values.get(element).decode("ascii", "replace"))
+                    if element in values else None for element, keyword in _META_UIDS.items()}
+        else:
+            f.seek(0)
+            try:
+                read_preamble(f, False)
+                header = _read_file_meta_info(f)
+            except Exception as exc:  # pydicom raises several kinds for a broken header
+                raise NotDicom(f"unreadable File Meta Information: {exc}") from exc
+            offset = f.tell()
+            meta = {keyword: _str_or_none(header.get(keyword)) for keyword in _META_UIDS.values()}
+    syntax = transfer_syntax_uid or meta["TransferSyntaxUID"]
     if not syntax:
         raise NotDicom("File Meta Information without Transfer Syntax UID")
-    return Source(offset, syntax, _str_or_none(meta.get("MediaStorageSOPClassUID")),
-                  _str_or_none(meta.get("MediaStorageSOPInstanceUID")))
+    return Source(offset, syntax, meta["MediaStorageSOPClassUID"],
+                  meta["MediaStorageSOPInstanceUID"], meta["ImplementationClassUID"])
+
+
+def _plain_meta(head: bytes) -> tuple[dict[int, bytes], int] | None:
+    """Group 0002 of a Part 10 file read by hand: {element number: value bytes} and where the
+    data set starts; None unless it is the usual plain encoding (Explicit VR Little Endian,
+    defined lengths) wholly inside ``head``: then pydicom reads it, slower but lenient.
+
+    Reading the meta header is done for every instance received; by hand it costs a tenth."""
+    if len(head) < len(PREAMBLE) or head[128:132] != b"DICM":
+        return None
+    values: dict[int, bytes] = {}
+    position = len(PREAMBLE)
+    while position + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, position)
+        if group != 0x0002:
+            return (values, position) if values else None
+        vr = head[position + 4:position + 6]
+        if vr in _LONG_LENGTH_VRS:
+            start = position + 12
+            length = struct.unpack_from("<I", head, position + 8)[0] if start <= len(head) else 0
+        elif vr.isalpha() and vr.isupper():
+            start = position + 8
+            length = struct.unpack_from("<H", head, position + 6)[0]
+        else:
+            return None  # not Explicit VR: an old or broken writer
+        if length == 0xFFFFFFFF or start + length > len(head):
+            return None
+        values[element] = head[start:start + length]
+        position = start + length
+    return None  # the header goes on past ``head``, or there is no data set
 
 
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,

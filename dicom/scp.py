@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
@@ -37,6 +38,7 @@ from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification, register_uid
 
+from dicom import landing
 from dicom.archive import Archive, StoreOutcome
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,9 @@ class DicomServer:
         self._server = None
         self._associations: dict[int, _AssociationLog] = {}
         self._lock = threading.Lock()
+        # Received data sets are written straight into the archive's landing folder and then
+        # renamed into place, rather than written to the system temp folder and copied.
+        self._landing_folder: Path | None = getattr(archive, "landing_folder", None)
         self.ae = self._make_ae()
 
     # -- Set-up --------------------------------------------------------------------------------
@@ -159,6 +164,8 @@ class DicomServer:
     def start(self) -> None:
         """Listen in background threads (one per association)."""
         _use_chunked_receive(True)
+        if self._landing_folder is not None:
+            landing.register(self.ae, self._landing_folder)
         self._server = self.ae.start_server((self.host, self.port), block=False,
                                             evt_handlers=self._handlers())
         log.info("DICOM AE %s listening on %s:%d", self.ae_title, self.host, self.port)
@@ -167,6 +174,7 @@ class DicomServer:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            landing.unregister(self.ae)
             _use_chunked_receive(False)
 
     # -- Association bookkeeping -------------------------------------------------------------
@@ -210,10 +218,12 @@ class DicomServer:
     def _on_c_store(self, event):
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID)
+        path = Path(event.dataset_path)
+        landed = {"adopt": True} if path.parent == self._landing_folder else {}
         try:
             receipt = self.archive.receive(
-                event.dataset_path, is_part10=True, source_ae_title=event.assoc.requestor.ae_title,
-                expected_sop_instance_uid=sop_uid)
+                path, is_part10=True, source_ae_title=event.assoc.requestor.ae_title,
+                expected_sop_instance_uid=sop_uid, **landed)
         except OSError as exc:
             log.error("C-STORE of %s failed: %s", sop_uid, exc)
             status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
