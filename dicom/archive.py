@@ -250,7 +250,7 @@ class Archive:
         for _attempt in range(RETRIES):
             try:
                 with self.engine.begin() as connection:
-                    existing = self._existing(sop_uid, connection)
+                    existing = self._existing(connection, sop_uid)
                     if existing is None:
                         if not placed:
                             self.blobstore.adopt(spool.path, key)
@@ -270,16 +270,12 @@ class Archive:
             return self._repeat(existing, facts)
         raise RuntimeError(f"could not index instance {sop_uid} after {RETRIES} attempts")
 
-    def _existing(self, sop_uid: str, connection: Connection | None = None
-                  ) -> tuple[str, str] | None:
+    @staticmethod
+    def _existing(connection: Connection, sop_uid: str) -> tuple[str, str] | None:
         """(sha1, blob key) of the instance already indexed under ``sop_uid``."""
         statement = sa.select(index.instance.c.sha1, index.instance.c.blob_key).where(
             index.instance.c.sop_instance_uid == sop_uid)
-        if connection is None:
-            with self.engine.connect() as connection:
-                row = connection.execute(statement).first()
-        else:
-            row = connection.execute(statement).first()
+        row = connection.execute(statement).first()
         return tuple(row) if row else None
 
     def _repeat(self, existing: tuple[str, str], facts: Facts) -> StoreReceipt:

@@ -85,7 +85,8 @@ def _named_temporary_file(*args, **kwargs):
     # The process id and a counter make each name unique for good: pynetdicom unlinks the old
     # name after the handler ran, when the archive has already renamed the file into place.
     prefix = f"c-store-{os.getpid()}-{next(_serial)}-"
-    landing = NamedTemporaryFile(dir=folder, prefix=prefix, **kwargs)
+    # pynetdicom writes the file and closes it once the C-STORE handler has returned.
+    landing = NamedTemporaryFile(dir=folder, prefix=prefix, **kwargs)  # noqa: SIM115
     setattr(landing, _SOURCE_AE, str(assoc.requestor.ae_title or "").strip())
     return landing
 

@@ -1,0 +1,140 @@
+"""The archive's fast paths for received instances: the File Meta read by hand, the index
+values parsed from the first chunk, and a landed file archived in place (``adopt=True``)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from pydicom import dcmread
+
+from dicom import part10
+from dicom.facts import facts_from_head, read_facts
+from tests.test_archive import (
+    DEPT,
+    data_set_bytes,
+    dept_images,
+    new_archive,
+    small_instance,
+    split_part10,
+    stored_data_set_bytes,
+)
+
+
+@pytest.fixture
+def archive(tmp_path):
+    return new_archive(tmp_path / "archive")
+
+
+def _sources(tmp_path):
+    files = [small_instance(tmp_path / "small.dcm", charset="ISO_IR 192",
+                            patient_name="Wang^XiaoDong=王^小東")]
+    for number in sorted(DEPT):
+        folder = dept_images(number)
+        if folder.is_dir():
+            files.extend(sorted(folder.iterdir())[:3])
+    return files
+
+
+def test_meta_read_by_hand_matches_pydicom(tmp_path):
+    for path in _sources(tmp_path):
+        source = part10.read_source(path, is_part10=True, transfer_syntax_uid=None)
+        meta, data_set = split_part10(path.read_bytes())
+        assert source.offset == path.stat().st_size - len(data_set)
+        assert (source.transfer_syntax_uid, source.sop_class_uid, source.sop_instance_uid,
+                source.implementation_class_uid) == (
+            meta.TransferSyntaxUID, meta.MediaStorageSOPClassUID,
+            meta.MediaStorageSOPInstanceUID, meta.ImplementationClassUID)
+
+
+def test_meta_in_implicit_vr_still_read_through_pydicom(tmp_path):
+    """An old writer's Implicit VR meta group is not the plain form: pydicom reads it."""
+    source = small_instance(tmp_path / "a.dcm")
+    header = dcmread(source, stop_before_pixels=True)
+
+    def implicit(element: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0x0002, element, len(value)) + value
+
+    uid = part10._uid_bytes
+    meta = (implicit(0x0002, uid(header.SOPClassUID))
+            + implicit(0x0003, uid(header.SOPInstanceUID))
+            + implicit(0x0010, uid("1.2.840.10008.1.2.1")))
+    old = tmp_path / "old.dcm"
+    old.write_bytes(part10.PREAMBLE + meta + data_set_bytes(source))
+    read = part10.read_source(old, is_part10=True, transfer_syntax_uid=None)
+    assert (read.offset, read.sop_instance_uid, read.transfer_syntax_uid) == (
+        len(part10.PREAMBLE) + len(meta), header.SOPInstanceUID, "1.2.840.10008.1.2.1")
+
+
+def test_facts_from_the_first_bytes_equal_those_of_the_whole_file(tmp_path):
+    for path in _sources(tmp_path):
+        source = part10.read_source(path, is_part10=True, transfer_syntax_uid=None)
+        data_set = data_set_bytes(path)
+        assert facts_from_head(data_set, source.transfer_syntax_uid, whole=True) == \
+            read_facts(path)
+        # A head that stops inside the elements wanted gives no answer rather than a wrong one.
+        assert facts_from_head(data_set[:40], source.transfer_syntax_uid, whole=False) is None
+
+
+def _landed(archive, source, name="c-store-test.dcm"):
+    """``source`` as the SCP lands it: in the landing folder, behind our File Meta."""
+    header = dcmread(source, stop_before_pixels=True)
+    path = archive.landing_folder / name
+    path.write_bytes(part10.file_meta_bytes(header.SOPClassUID, header.SOPInstanceUID,
+                                            "1.2.840.10008.1.2.1", "SENDER")
+                     + data_set_bytes(source))
+    return path, header
+
+
+def test_landed_file_with_our_meta_is_archived_as_it_is(archive, tmp_path):
+    source = small_instance(tmp_path / "a.dcm")
+    landed, header = _landed(archive, source)
+    inode = landed.stat().st_ino
+
+    receipt = archive.receive(landed, adopt=True, source_ae_title="SENDER")
+    assert receipt.outcome.value == "stored"
+    record = archive.instance(header.SOPInstanceUID)
+    assert archive.blobstore.path(record.blob_key).stat().st_ino == inode  # moved, not copied
+    assert stored_data_set_bytes(archive, header.SOPInstanceUID) == data_set_bytes(source)
+    assert record.size == archive.blobstore.size(record.blob_key)
+    with archive.open_instance(header.SOPInstanceUID) as f:
+        meta, _ = split_part10(f.read())
+    assert meta.SourceApplicationEntityTitle == "SENDER"
+    assert list(archive.landing_folder.iterdir()) == []
+
+    # The same instance landing again is a duplicate: the stored file stays, the new one goes.
+    again, _ = _landed(archive, source, "c-store-again.dcm")
+    assert archive.receive(again, adopt=True).outcome.value == "duplicate"
+    assert archive.blobstore.path(record.blob_key).stat().st_ino == inode
+    assert list(archive.landing_folder.iterdir()) == []
+
+
+def test_landed_file_with_another_meta_is_copied_behind_ours_and_removed(archive, tmp_path):
+    source = small_instance(tmp_path / "a.dcm")
+    landed = archive.landing_folder / "foreign.dcm"
+    landed.write_bytes(source.read_bytes())  # pydicom's File Meta, not ours
+
+    assert archive.receive(landed, adopt=True, source_ae_title="SENDER").outcome.value == \
+        "stored"
+    sop_uid = dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    with archive.open_instance(sop_uid) as f:
+        meta, data_set = split_part10(f.read())
+    assert meta.ImplementationClassUID == part10.IMPLEMENTATION_CLASS_UID
+    assert data_set == data_set_bytes(source)
+    assert list(archive.landing_folder.iterdir()) == []
+
+
+def test_landed_file_that_is_not_archivable_is_removed(archive, tmp_path):
+    garbage = archive.landing_folder / "garbage.dcm"
+    garbage.write_bytes(b"not DICOM at all" * 20)
+    assert archive.receive(garbage, adopt=True).outcome.value == "invalid"
+
+    source = small_instance(tmp_path / "a.dcm")
+    ds = dcmread(source)
+    ds.StudyInstanceUID = "not a uid"
+    ds.save_as(source)
+    landed, _ = _landed(archive, source)
+    assert archive.receive(landed, adopt=True).outcome.value == "invalid"
+
+    assert archive.studies() == []
+    assert list(archive.landing_folder.iterdir()) == []

@@ -1,0 +1,102 @@
+"""Received data sets are written once: straight into the archive's landing folder, behind our
+File Meta, then renamed into place; other AEs in the process keep pynetdicom's behaviour."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom.sop_class import SecondaryCaptureImageStorage
+
+from dicom import part10
+from tests.servers import free_port
+from tests.test_archive import data_set_bytes, new_archive, small_instance, split_part10
+from tests.test_scp import AE_TITLE, storescu
+
+
+@pytest.fixture
+def running(tmp_path, monkeypatch):
+    from dicom.scp import DicomServer
+
+    archive = new_archive(tmp_path / "archive")
+
+    def no_copy(*_args, **_kwargs):
+        raise AssertionError("a received data set was copied")
+
+    monkeypatch.setattr(archive, "_spool", no_copy)
+    server = DicomServer(archive, ae_title=AE_TITLE, port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_storescu_instances_are_archived_without_a_copy(running, tmp_path):
+    folder = tmp_path / "send"
+    folder.mkdir()
+    sources = [small_instance(folder / f"{n}.dcm", rows=4 + n) for n in range(3)]
+    result = storescu(running.port, folder)
+    assert result.returncode == 0, result.stderr
+
+    archive = running.archive
+    for source in sources:
+        sop_uid = dcmread(source, stop_before_pixels=True).SOPInstanceUID
+        with archive.open_instance(sop_uid) as f:
+            meta, data_set = split_part10(f.read())
+        assert data_set == data_set_bytes(source)
+        assert meta.ImplementationClassUID == part10.IMPLEMENTATION_CLASS_UID
+        assert meta.SourceApplicationEntityTitle == "SENDER"
+        assert meta.MediaStorageSOPInstanceUID == sop_uid
+    assert list(archive.landing_folder.iterdir()) == []
+
+
+def test_another_ae_in_the_process_keeps_pynetdicom_files(running, tmp_path):
+    """Only our AE's associations land in the archive; a plain pynetdicom SCP next to it still
+    gets its data sets in the system temp folder, with pynetdicom's meta header."""
+    seen = []
+
+    def on_store(event):
+        path = Path(event.dataset_path)
+        with open(path, "rb") as f:
+            meta, _ = split_part10(f.read())
+        seen.append((path.parent, meta.ImplementationClassUID))
+        return 0x0000
+
+    other = AE(ae_title="OTHER")
+    other.add_supported_context(SecondaryCaptureImageStorage)
+    port = free_port()
+    other_server = other.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        assert _config.STORE_RECV_CHUNKED_DATASET  # while our server runs
+        sender = AE(ae_title="SENDER")
+        sender.add_requested_context(SecondaryCaptureImageStorage)
+        assoc = sender.associate("127.0.0.1", port, ae_title="OTHER")
+        assert assoc.is_established
+        status = assoc.send_c_store(dcmread(small_instance(tmp_path / "a.dcm")))
+        assoc.release()
+    finally:
+        other_server.shutdown()
+
+    assert status.Status == 0x0000
+    [(folder, implementation)] = seen
+    assert folder == Path(tempfile.gettempdir())
+    assert implementation != part10.IMPLEMENTATION_CLASS_UID
+    assert list(running.archive.landing_folder.iterdir()) == []
+
+
+def test_pynetdicom_names_are_restored_when_the_last_server_stops(tmp_path):
+    from dicom.scp import DicomServer
+
+    servers = [DicomServer(new_archive(tmp_path / f"a{n}"), port=free_port()) for n in range(2)]
+    for server in servers:
+        server.start()
+    assert dimse_messages.NamedTemporaryFile is not tempfile.NamedTemporaryFile
+    servers[0].stop()
+    assert dimse_messages.write_file_meta_info is not write_file_meta_info  # one still runs
+    servers[1].stop()
+    assert dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
+    assert dimse_messages.write_file_meta_info is write_file_meta_info
