@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import queue
 import socket
 import threading
 import time
@@ -72,6 +73,9 @@ REPORT_TIMEOUT = 5.0
 
 # pynetdicom's transport thread sleeps this long when it found nothing to do (default 1 ms).
 DUL_POLL_SECONDS = 0.0002
+# How long the association's reactor waits for the next request before its other checks
+# (release, abort, timeouts); a request arriving wakes it at once.
+REACTOR_WAIT_SECONDS = 0.002
 
 # 0 means no limit: the sender may put a whole instance in one PDU, fewer round trips.
 MAX_PDU = 0
@@ -370,12 +374,35 @@ def _failure(status: int, comment: str, offending: int | None = None) -> Dataset
 def _set_nodelay(event) -> None:
     """Switch off Nagle's algorithm: each small DIMSE response must leave at once. And poll
     the connection more often than pynetdicom's default 1 ms when idle: between two instances
-    the link is idle, and that sleep would be paid twice per instance."""
+    the link is idle, and that sleep would be paid twice per instance. Same for the reactor
+    that serves decoded requests (``_wake_on_request``)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if hasattr(event.assoc.dul, "_run_loop_delay"):
         event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+    _wake_on_request(event.assoc.dimse)
+
+
+def _wake_on_request(dimse) -> None:
+    """The association's reactor sleeps 1 ms, then looks for a decoded request without
+    waiting: a C-STORE decoded during that sleep waited for it, once per instance. Here its
+    look waits (briefly) on the queue instead, and so starts as soon as the request is there.
+    Waits for a response (``block=True``, while the reactor is paused) are pynetdicom's own."""
+    messages = getattr(dimse, "msg_queue", None)
+    own_get_msg = getattr(dimse, "get_msg", None)
+    if messages is None or own_get_msg is None:
+        return
+
+    def get_msg(block: bool = False):
+        if block:
+            return own_get_msg(block=True)
+        try:
+            return messages.get(block=True, timeout=REACTOR_WAIT_SECONDS)
+        except queue.Empty:
+            return None, None
+
+    dimse.get_msg = get_msg
 
 
 def _use_chunked_receive(on: bool) -> None:

@@ -109,13 +109,17 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def report(name: str, rates: list[float]) -> None:
+    print(f"{name:<28} {statistics.median(rates):7.0f} instances/s "
+          f"(runs: {', '.join(f'{r:.0f}' for r in rates)})", flush=True)
+
+
 def measure(name: str, runs: int, count: int, send, reset) -> list[float]:
     rates = []
     for _ in range(runs):
         reset()
         rates.append(count / send())
-    print(f"{name:<28} {statistics.median(rates):7.0f} instances/s "
-          f"(runs: {', '.join(f'{r:.0f}' for r in rates)})", flush=True)
+    report(name, rates)
     return rates
 
 
@@ -127,31 +131,28 @@ def run(count: int, runs: int) -> None:
         size = generate_study(study, count)
         print(f"study: {count} CT instances, {size / 1e6:.0f} MB")
 
-        # Our SCP, in its own process so that its peak RSS is its own.
-        scratch = tmp / "ours"
+        # Every receiver starts with the generated study on disk, not still being written back.
+        os.sync()
 
-        def reset_ours():
-            shutil.rmtree(scratch, ignore_errors=True)
+        # Our SCP, in its own process so that its peak RSS is its own; a new process and an
+        # empty archive for each run, which sends the study twice: all new, then all duplicates.
+        new_rates, dup_rates, peaks = [], [], []
+        for run_number in range(runs):
+            scratch = tmp / f"ours-{run_number}"
             scratch.mkdir()
-
-        reset_ours()
-        ours = subprocess.Popen([sys.executable, __file__, "--serve", str(scratch)])
-        try:
-            wait_port(PORT_OURS)
-
-            def send_ours():
-                elapsed = storescu(PORT_OURS, "XDSI", study)
-                return elapsed
-
-            # The server keeps its index between runs: a fresh folder per run would need a
-            # restart, so each later run meets duplicates; report the first (all new) apart.
-            first = count / storescu(PORT_OURS, "XDSI", study)
-            print(f"{'storescu -> our SCP (new)':<28} {first:7.0f} instances/s")
-            measure("storescu -> our SCP (dup)", runs - 1 or 1, count, send_ours, lambda: None)
-            print(f"our SCP peak RSS: {peak_rss_mb(ours.pid):.0f} MB")
-        finally:
-            ours.send_signal(signal.SIGTERM)
-            ours.wait(timeout=30)
+            ours = subprocess.Popen([sys.executable, __file__, "--serve", str(scratch)])
+            try:
+                wait_port(PORT_OURS)
+                new_rates.append(count / storescu(PORT_OURS, "XDSI", study))
+                dup_rates.append(count / storescu(PORT_OURS, "XDSI", study))
+                peaks.append(peak_rss_mb(ours.pid))
+            finally:
+                ours.send_signal(signal.SIGTERM)
+                ours.wait(timeout=30)
+            shutil.rmtree(scratch)
+        report("storescu -> our SCP (new)", new_rates)
+        report("storescu -> our SCP (dup)", dup_rates)
+        print(f"our SCP peak RSS: {max(peaks):.0f} MB", flush=True)
 
         # dcmtk storescp: the speed limit.
         out = tmp / "storescp"
