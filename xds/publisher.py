@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -182,16 +183,21 @@ class Publisher:
         older_than = datetime.now(timezone.utc) - timedelta(seconds=delay)
         for study_uid in self.archive.stable_studies(older_than):
             current = self.ledger.current(study_uid)
-            if current is not None and current.instance_count == len(self.archive.instances_of(study_uid)):
-                continue
+            if current is not None:
+                study = self.archive.study(study_uid)  # one row: the index keeps the count
+                if study is None or study.instance_count == current.instance_count:
+                    continue
             if not self.jobs.has_waiting(study_uid):
                 self.jobs.enqueue(study_uid, reason="stable")
 
-    async def worker(self, poll_seconds: float = 0.5) -> None:
-        """Run jobs until cancelled."""
+    async def worker(self, poll_seconds: float = 0.5, scan_seconds: float = 5.0) -> None:
+        """Run jobs until cancelled; look for newly stable studies every ``scan_seconds``."""
+        next_scan = 0.0
         while True:
             try:
-                await run_in_threadpool(self.queue_stable_studies)
+                if time.monotonic() >= next_scan:
+                    await run_in_threadpool(self.queue_stable_studies)
+                    next_scan = time.monotonic() + min(scan_seconds, max(self.settings.source.publish_delay_seconds, 0.5))
                 job = await run_in_threadpool(self.jobs.claim)
                 if job is not None:
                     await self.run_job(job)
