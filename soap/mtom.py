@@ -6,7 +6,7 @@ real SOAP stacks send: CRLF or bare LF framing, transport padding after a delimi
 header names in any case, folded headers, quoted or bare parameters in any order, the root
 named by ``start`` with or without angle brackets, and binary, 8bit, 7bit or base64 parts.
 
-Writing: the envelope first, then each part streamed from its file, 1 MiB at a time.
+Writing: the envelope first, then each part streamed from its file, packed into 2 MiB writes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import base64
 import binascii
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import collapse_rfc2231_value
@@ -450,6 +450,48 @@ class OutgoingPart:
                 yield chunk
 
 
+WRITE_SIZE = 2 << 20
+"""Bytes handed to the server per write of a streamed MTOM body.
+
+Every write costs a trip to a worker thread and back, and one or more socket sends; small
+instances (a CT image is about 0.5 MB) would otherwise cost a trip each, plus one for each
+MIME header. Packing the package into 2 MiB writes roughly halves the time per byte on
+loopback, and bounds the memory of one response to a few such buffers."""
+
+
+def _packed(pieces: Iterable[bytes | OutgoingPart], size: int = WRITE_SIZE) -> Iterator[memoryview]:
+    """The pieces, in order, as consecutive buffers of ``size`` bytes (the last one shorter).
+
+    A file-backed part is read straight into the buffer (no intermediate copy); other parts'
+    chunks and the MIME text are copied in. Each buffer is new: the server may still hold the
+    previous one while it drains to the socket."""
+    buffer, filled = bytearray(size), 0
+    for piece in pieces:
+        if isinstance(piece, OutgoingPart) and piece.chunks is None:
+            with open(piece.path, "rb", buffering=0) as f:
+                while True:
+                    if filled == size:
+                        yield memoryview(buffer)
+                        buffer, filled = bytearray(size), 0
+                    count = f.readinto(memoryview(buffer)[filled:])
+                    if not count:
+                        break
+                    filled += count
+            continue
+
+        for data in piece.iter_bytes() if isinstance(piece, OutgoingPart) else (piece,):
+            view = memoryview(data)
+            while view:
+                count = min(size - filled, len(view))
+                buffer[filled : filled + count] = view[:count]
+                filled, view = filled + count, view[count:]
+                if filled == size:
+                    yield memoryview(buffer)
+                    buffer, filled = bytearray(size), 0
+    if filled:
+        yield memoryview(buffer)[:filled]
+
+
 def mtom_response(
     envelope: etree._Element, parts: list[OutgoingPart]
 ) -> tuple[str, AsyncIterator[bytes]]:
@@ -461,7 +503,7 @@ def mtom_response(
         f'start="<{root_id}>"; start-info="application/soap+xml"'
     )
 
-    async def body() -> AsyncIterator[bytes]:
+    def pieces() -> Iterator[bytes | OutgoingPart]:
         yield (
             f"--{boundary}\r\n"
             'Content-Type: application/xop+xml; charset=UTF-8; type="application/soap+xml"\r\n'
@@ -473,12 +515,11 @@ def mtom_response(
                 f"\r\n--{boundary}\r\nContent-Type: {part.content_type}\r\n"
                 f"Content-Transfer-Encoding: binary\r\nContent-ID: <{part.content_id}>\r\n\r\n"
             ).encode()
-            # File reads (and any encoding behind ``chunks``) run off the event loop.
-            async for chunk in iterate_in_threadpool(part.iter_bytes()):
-                yield chunk
+            yield part
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    return content_type, body()
+    # File reads (and any encoding behind a part's ``chunks``) run off the event loop.
+    return content_type, iterate_in_threadpool(_packed(pieces()))
 
 
 def inline_response(

@@ -19,6 +19,7 @@ from soap.envelope import build_envelope, parse_envelope
 from soap.faults import SoapFault
 from soap.mtom import (
     IncomingMessage,
+    _packed,
     OutgoingPart,
     document_content,
     inline_response,
@@ -238,6 +239,34 @@ class PeakRss:
     @property
     def growth_mb(self) -> float:
         return (self.peak - self.baseline) / 1024
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 1 << 20])
+def test_packed_writes_keep_every_byte_in_order_in_full_buffers_of_the_write_size(tmp_path, size):
+    stored, empty = tmp_path / "stored", tmp_path / "empty"
+    stored.write_bytes(os.urandom(1000))
+    empty.write_bytes(b"")
+    pieces = [
+        b"head",
+        OutgoingPart("a@x", "x/y", path=stored),
+        b"",
+        OutgoingPart("b@x", "x/y", chunks=iter([b"12", b"", b"345"])),
+        OutgoingPart("c@x", "x/y", path=empty),
+        b"tail",
+    ]
+
+    writes = [bytes(write) for write in _packed(pieces, size)]
+
+    assert b"".join(writes) == b"head" + stored.read_bytes() + b"12345tail"
+    assert all(len(write) == size for write in writes[:-1])
+    assert 0 < len(writes[-1]) <= size
+
+
+def test_packed_writes_are_distinct_buffers_so_a_held_write_is_never_overwritten(tmp_path):
+    path = tmp_path / "stored"
+    path.write_bytes(bytes(range(256)) * 8)
+    writes = list(_packed([OutgoingPart("a@x", "x/y", path=path)], 256))
+    assert [bytes(write) for write in writes] == [bytes(range(256))] * 8
 
 
 def lazy_bytes(total: int, block: bytes) -> Iterator[bytes]:
