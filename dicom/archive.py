@@ -27,6 +27,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +58,10 @@ __all__ = ["Archive", "InstanceRecord", "SeriesRecord", "StoreOutcome", "StoreRe
 # of a series cost one INSERT and one UPDATE.
 SERIES_CACHE_SIZE = 4096
 RETRIES = 5
+
+# fsync waits on the disk without the GIL: it runs here while the storing thread hashes, parses
+# and indexes, and the storing thread waits for it only where durability must come first.
+_flusher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archive-fsync")
 CACHED_HEAD = 1 << 16  # bytes of a stored file left in the page cache (see _release_cache)
 
 
@@ -77,12 +82,27 @@ class StoreReceipt:
 
 @dataclass
 class _Spooled:
-    """A Part 10 file written and fsynced in the blob store's tmp folder."""
+    """A Part 10 file written in the blob store's tmp folder: durable once ``flushed`` is done
+    (None: already durable)."""
 
     path: Path
     size: int = 0
     sha1: str = ""
     facts: Facts | None = None  # read from the first chunk on the way, when it holds them
+    flushed: Future | None = None
+
+    def wait_durable(self) -> None:
+        if self.flushed is not None:
+            self.flushed.result()
+
+
+def _flush_and_close(fd: int) -> None:
+    """fsync a duplicated descriptor of a landed file, release its cache, and close it."""
+    try:
+        os.fsync(fd)
+        _release_cache(fd)
+    finally:
+        os.close(fd)
 
 
 def _release_cache(fd: int) -> None:
@@ -177,11 +197,13 @@ class Archive:
                 and Path(path).parent.resolve() == self.landing_folder.resolve())
 
     def _seal(self, path: Path, source: part10.Source) -> _Spooled:
-        """Take a landed Part 10 file as the spool: hash its data set bytes, read the index
-        values from its first chunk, and fsync it."""
+        """Take a landed Part 10 file as the spool: hash its data set bytes and read the index
+        values from its first chunk, while the disk writes it back (fsync in ``_flusher``, on
+        a descriptor of its own, so closing ours or renaming the file does not disturb it)."""
         spooled = _Spooled(path)
         data_set_hash = hashlib.sha1()
         with open(path, "rb") as f:
+            spooled.flushed = _flusher.submit(_flush_and_close, os.dup(f.fileno()))
             f.seek(source.offset)
             first = True
             for chunk in iter(lambda: f.read(part10.CHUNK), b""):
@@ -190,8 +212,6 @@ class Archive:
                     first = False
                 data_set_hash.update(chunk)
                 spooled.size += len(chunk)
-            os.fsync(f.fileno())
-            _release_cache(f.fileno())
         spooled.size += source.offset
         spooled.sha1 = data_set_hash.hexdigest()
         return spooled
@@ -243,20 +263,24 @@ class Archive:
         """Move the spool into place and index it, unless the SOP Instance UID is indexed.
 
         The look-up, the move and the rows share one transaction (one connection, one commit);
-        the move comes before the rows, so a committed row always names a file in place."""
+        the move comes before the rows, so a committed row always names a file in place. The
+        disk writes the file and its folder back while the rows are written; the commit waits
+        for both. A duplicate never waits: its landed copy is removed."""
         sop_uid, sha1 = facts.sop_instance_uid, facts.instance["sha1"]
         key = f"dicom/{facts.study_uid}/{facts.series_uid}/{sop_uid}.{sha1[:16]}.dcm"
-        placed = False
+        placed, folder_synced = False, None
         for _attempt in range(RETRIES):
             try:
                 with self.engine.begin() as connection:
                     existing = self._existing(connection, sop_uid)
                     if existing is None:
                         if not placed:
-                            self.blobstore.adopt(spool.path, key)
+                            self.blobstore.move_into_place(spool.path, key)
+                            folder_synced = _flusher.submit(self.blobstore.sync_folder, key)
                             facts.instance["blob_key"] = key
                             placed = True
                         ids = self._index(connection, facts)
+                        self._wait_durable(spool, folder_synced, key)
             except IntegrityError:
                 # Another writer inserted the same instance, or the same patient, study or
                 # series row first: look again with fresh state.
@@ -269,6 +293,16 @@ class Archive:
                 self.blobstore.delete(key)
             return self._repeat(existing, facts)
         raise RuntimeError(f"could not index instance {sop_uid} after {RETRIES} attempts")
+
+    def _wait_durable(self, spool: _Spooled, folder_synced: Future, key: str) -> None:
+        """Before the commit: a row names only a file whose bytes and name are durable. When
+        the disk failed, the file goes (no row will name it) and the error is the caller's."""
+        try:
+            spool.wait_durable()
+            folder_synced.result()
+        except OSError:
+            self.blobstore.delete(key)
+            raise
 
     @staticmethod
     def _existing(connection: Connection, sop_uid: str) -> tuple[str, str] | None:

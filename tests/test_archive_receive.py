@@ -3,11 +3,17 @@ values parsed from the first chunk, and a landed file archived in place (``adopt
 
 from __future__ import annotations
 
+import concurrent.futures
+import errno
+import os
 import struct
+import threading
+import time
 
 import pytest
 from pydicom import dcmread
 
+from dicom import archive as archive_module
 from dicom import part10
 from dicom.facts import facts_from_head, read_facts
 from tests.test_archive import (
@@ -137,4 +143,64 @@ def test_landed_file_that_is_not_archivable_is_removed(archive, tmp_path):
     assert archive.receive(landed, adopt=True).outcome.value == "invalid"
 
     assert archive.studies() == []
+    assert list(archive.landing_folder.iterdir()) == []
+
+
+def test_landed_file_is_indexed_only_once_its_fsync_returned(archive, tmp_path, monkeypatch):
+    """The fsync runs beside the hashing and indexing; the commit waits for it. A disk error
+    there refuses the instance: no row, no file in place, nothing left in the landing folder."""
+    source = small_instance(tmp_path / "a.dcm")
+    landed, header = _landed(archive, source)
+
+    def failing_disk(fd):
+        os.close(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(archive_module, "_flush_and_close", failing_disk)
+    with pytest.raises(OSError):
+        archive.receive(landed, adopt=True)
+    assert archive.studies() == []
+    assert [p for p in archive.blobstore.root.joinpath("blobs").rglob("*") if p.is_file()] == []
+    assert list(archive.landing_folder.iterdir()) == []
+
+    # The commit waited for that fsync: while it is held back, no row appears.
+    monkeypatch.undo()
+    released, started = threading.Event(), threading.Event()
+    own_flush = archive_module._flush_and_close
+
+    def slow_disk(fd):
+        started.set()
+        released.wait(10)
+        own_flush(fd)
+
+    monkeypatch.setattr(archive_module, "_flush_and_close", slow_disk)
+    landed, _ = _landed(archive, source)
+    storing = concurrent.futures.ThreadPoolExecutor(1).submit(archive.receive, landed, adopt=True)
+    assert started.wait(10)
+    time.sleep(0.2)
+    assert not storing.done() and archive.studies() == []
+    released.set()
+    assert storing.result(10).outcome.value == "stored"
+    assert archive.instance(header.SOPInstanceUID).size > 0
+
+
+def test_a_duplicate_does_not_wait_for_its_landed_copy_to_reach_the_disk(archive, tmp_path,
+                                                                         monkeypatch):
+    source = small_instance(tmp_path / "a.dcm")
+    landed, _ = _landed(archive, source)
+    assert archive.receive(landed, adopt=True).outcome.value == "stored"
+
+    released = threading.Event()
+    own_flush = archive_module._flush_and_close
+
+    def held_disk(fd):
+        released.wait(10)
+        own_flush(fd)
+
+    monkeypatch.setattr(archive_module, "_flush_and_close", held_disk)
+    again, _ = _landed(archive, source, "c-store-again.dcm")
+    try:
+        assert archive.receive(again, adopt=True).outcome.value == "duplicate"
+    finally:
+        released.set()
     assert list(archive.landing_folder.iterdir()) == []

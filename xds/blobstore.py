@@ -48,10 +48,19 @@ class FileBlobStore:
 
     def adopt(self, path: str | os.PathLike, key: str) -> None:
         """Move a closed, fsynced file of this store's ``tmp`` folder into place under ``key``."""
+        self.move_into_place(path, key)
+        self.sync_folder(key)
+
+    def move_into_place(self, path: str | os.PathLike, key: str) -> None:
+        """``adopt`` without its last step: the new name is durable only after ``sync_folder``.
+        For callers with other work to do while the folder is flushed."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
-        _fsync_dir(target.parent)
+
+    def sync_folder(self, key: str) -> None:
+        """Make the names in the folder of ``key`` durable (fsync of the folder)."""
+        _fsync_dir(self.path(key).parent)
 
     def put_file(self, source: str | os.PathLike, key: str) -> tuple[str, int]:
         """Copy a file into the store; returns (sha1, size)."""
