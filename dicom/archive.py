@@ -59,6 +59,14 @@ __all__ = ["Archive", "InstanceRecord", "SeriesRecord", "StoreOutcome", "StoreRe
 SERIES_CACHE_SIZE = 4096
 RETRIES = 5
 
+# The statements run for every instance received, built once: SQLAlchemy then finds their
+# compiled form in its cache without rebuilding and hashing a new statement each time.
+_EXISTING = sa.select(index.instance.c.sha1, index.instance.c.blob_key).where(
+    index.instance.c.sop_instance_uid == sa.bindparam("sop_uid"))
+_INSERT_INSTANCE = index.instance.insert()
+_COUNT_INSTANCE = index.study.update().where(index.study.c.id == sa.bindparam("study_pk")).values(
+    instance_count=index.study.c.instance_count + 1, updated_at=sa.bindparam("now"))
+
 # fsync waits on the disk without the GIL: it runs here while the storing thread hashes, parses
 # and indexes, and the storing thread waits for it only where durability must come first.
 _flusher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archive-fsync")
@@ -307,9 +315,7 @@ class Archive:
     @staticmethod
     def _existing(connection: Connection, sop_uid: str) -> tuple[str, str] | None:
         """(sha1, blob key) of the instance already indexed under ``sop_uid``."""
-        statement = sa.select(index.instance.c.sha1, index.instance.c.blob_key).where(
-            index.instance.c.sop_instance_uid == sop_uid)
-        row = connection.execute(statement).first()
+        row = connection.execute(_EXISTING, {"sop_uid": sop_uid}).first()
         return tuple(row) if row else None
 
     def _repeat(self, existing: tuple[str, str], facts: Facts) -> StoreReceipt:
@@ -332,10 +338,9 @@ class Archive:
         if ids is None:
             ids = self._parents(connection, facts, now)
         study_pk, series_pk = ids
-        connection.execute(index.instance.insert().values(
-            **facts.instance, series_fk=series_pk, received_at=now))
-        connection.execute(index.study.update().where(index.study.c.id == study_pk).values(
-            instance_count=index.study.c.instance_count + 1, updated_at=now))
+        connection.execute(_INSERT_INSTANCE, {**facts.instance, "series_fk": series_pk,
+                                              "received_at": now})
+        connection.execute(_COUNT_INSTANCE, {"study_pk": study_pk, "now": now})
         return ids
 
     def _parents(self, connection: Connection, facts: Facts, now: datetime) -> tuple[int, int]:
