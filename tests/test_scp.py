@@ -3,6 +3,7 @@ Storage Commitment SCU (dcmtk has none). Everything runs on 127.0.0.1 with free 
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import threading
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
+    CTImageStorage,
     SecondaryCaptureImageStorage,
     StorageCommitmentPushModel,
 )
@@ -75,6 +77,33 @@ def storescu(port: int, *paths: Path, options: tuple[str, ...] = ()) -> subproce
 def test_echo(server):
     result = dcmtk("echoscu", server.port)
     assert result.returncode == 0, result.stderr
+
+
+def test_each_association_gets_its_own_contexts_sharing_only_the_uids(server):
+    """pynetdicom deep-copies the supported contexts for every association; ours share their
+    (immutable) UIDs, so that copy is cheap, but an association never changes the server's."""
+    originals = server._server.contexts
+    copies = copy.deepcopy(originals)
+    storage = [i for i, cx in enumerate(originals) if cx.abstract_syntax == CTImageStorage][0]
+    original, clone = originals[storage], copies[storage]
+
+    assert clone is not original and clone.transfer_syntax == original.transfer_syntax
+    assert clone.abstract_syntax is original.abstract_syntax
+    assert clone.transfer_syntax[0] is original.transfer_syntax[0]
+
+    clone.context_id = 99
+    clone.transfer_syntax = [ExplicitVRLittleEndian]
+    assert original.context_id is None and len(original.transfer_syntax) > 1
+
+
+def test_one_association_per_instance(server, archive, tmp_path):
+    """Modalities often open an association for every instance they send."""
+    paths = [small_instance(tmp_path / f"{n}.dcm") for n in range(3)]
+    for path in paths:
+        result = storescu(server.port, path)
+        assert result.returncode == 0, result.stderr
+    for path in paths:
+        assert archive.instance(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 @pytest.mark.parametrize("number", sorted(DEPT))
