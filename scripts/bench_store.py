@@ -1,7 +1,8 @@
 """C-STORE speed: storescu -> our SCP, -> dcmtk storescp, -> Orthanc (if installed).
 
 Generates a 500-instance CT study (512x512, 16-bit, ~0.5 MB each) in a temporary folder and
-times ``storescu`` sending it to each receiver, printing instances/s and our SCP's peak RSS.
+times ``storescu`` sending it to each receiver, printing instances/s and our SCP's peak RSS,
+and the time per instance when each instance comes on an association of its own.
 
 storescp and Orthanc listen on every interface, so the whole run happens inside a private
 network namespace whose only interface is loopback (``unshare --net``, run as root); this
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 PORT_OURS, PORT_STORESCP, PORT_ORTHANC, HTTP_ORTHANC = 11112, 11113, 14242, 18042
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+ASSOCIATIONS = 20  # instances sent one association each
 
 
 def generate_study(folder: Path, count: int) -> int:
@@ -69,6 +71,17 @@ def storescu(port: int, called: str, folder: Path) -> float:
     subprocess.run(["storescu", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
                     "+sd", str(folder)], env=ENV, check=True, capture_output=True)
     return time.perf_counter() - start
+
+
+def one_per_association(port: int, called: str, folder: Path, count: int) -> float:
+    """Milliseconds per instance when each of ``count`` instances has an association of its own,
+    as many modalities send: the cost of accepting an association, per instance."""
+    files = sorted(folder.iterdir())[:count]
+    start = time.perf_counter()
+    for path in files:
+        subprocess.run(["storescu", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
+                        str(path)], env=ENV, check=True, capture_output=True)
+    return (time.perf_counter() - start) / len(files) * 1000
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -136,7 +149,7 @@ def run(count: int, runs: int) -> None:
 
         # Our SCP, in its own process so that its peak RSS is its own; a new process and an
         # empty archive for each run, which sends the study twice: all new, then all duplicates.
-        new_rates, dup_rates, peaks = [], [], []
+        new_rates, dup_rates, peaks, per_association = [], [], [], []
         for run_number in range(runs):
             scratch = tmp / f"ours-{run_number}"
             scratch.mkdir()
@@ -146,6 +159,7 @@ def run(count: int, runs: int) -> None:
                 new_rates.append(count / storescu(PORT_OURS, "XDSI", study))
                 dup_rates.append(count / storescu(PORT_OURS, "XDSI", study))
                 peaks.append(peak_rss_mb(ours.pid))
+                per_association.append(one_per_association(PORT_OURS, "XDSI", study, ASSOCIATIONS))
             finally:
                 ours.send_signal(signal.SIGTERM)
                 ours.wait(timeout=30)
@@ -153,6 +167,9 @@ def run(count: int, runs: int) -> None:
         report("storescu -> our SCP (new)", new_rates)
         report("storescu -> our SCP (dup)", dup_rates)
         print(f"our SCP peak RSS: {max(peaks):.0f} MB", flush=True)
+        print(f"{'one association per instance':<28} {statistics.median(per_association):7.1f} ms per "
+              f"instance, our SCP, {ASSOCIATIONS} instances (duplicates) "
+              f"(runs: {', '.join(f'{ms:.1f}' for ms in per_association)})", flush=True)
 
         # dcmtk storescp: the speed limit.
         out = tmp / "storescp"
@@ -168,6 +185,10 @@ def run(count: int, runs: int) -> None:
             wait_port(PORT_STORESCP)
             measure("storescu -> storescp", runs, count,
                     lambda: storescu(PORT_STORESCP, "STORESCP", study), reset_storescp)
+            reset_storescp()
+            print(f"{'one association per instance':<28} "
+                  f"{one_per_association(PORT_STORESCP, 'STORESCP', study, ASSOCIATIONS):7.1f} ms per "
+                  f"instance, storescp", flush=True)
         finally:
             storescp.terminate()
             storescp.wait(timeout=30)
@@ -193,6 +214,9 @@ def run_orthanc(tmp: Path, study: Path, count: int, runs: int) -> None:
         wait_port(PORT_ORTHANC, timeout=60)
         first = count / storescu(PORT_ORTHANC, "ORTHANC", study)
         print(f"{'storescu -> Orthanc (new)':<28} {first:7.0f} instances/s")
+        print(f"{'one association per instance':<28} "
+              f"{one_per_association(PORT_ORTHANC, 'ORTHANC', study, ASSOCIATIONS):7.1f} ms per "
+              f"instance, Orthanc (duplicates)", flush=True)
     finally:
         orthanc.terminate()
         orthanc.wait(timeout=30)
