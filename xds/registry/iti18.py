@@ -1,35 +1,37 @@
 """ITI-18 Registry Stored Query, as answered by the embedded Document Registry.
 
-Supported queries: FindDocuments, GetDocuments, GetSubmissionSets, GetAssociations
-(ITI TF-2 3.18.4.1.2.3.7). Any other stored query id gets XDSUnknownStoredQuery.
-
-Parameter values use the stored-query syntax: a quoted string ``'x'`` (a doubled quote
-``''`` inside it is a quote), a number ``20240105``, or a list ``('a','b')``. Several
-``rim:Value`` elements of one slot add to the list; for the code parameters that allow
-AND (eventCodeList, confidentialityCode) each ``rim:Value`` is one OR-group and the groups
-are ANDed (ITI TF-2 3.18.4.1.2.3.5).
+Supported queries (ITI TF-2 3.18.4.1.2.3.7): FindDocuments, GetDocuments, GetSubmissionSets
+and GetAssociations here; FindSubmissionSets, GetSubmissionSetAndContents,
+GetDocumentsAndAssociations and GetRelatedDocuments in ``iti18_related``. Any other stored
+query id gets XDSUnknownStoredQuery. Parameter syntax and checks: ``iti18_common``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from lxml import etree
 from lxml.etree import _Element
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from xds import ebrim
 from xds.errors import ErrorCode, RegistryError, XdsError, append_error_list
-from xds.metadata import RIM_SLOT, RIM_VALUE
+from xds.registry import iti18_related
+from xds.registry.iti18_common import (
+    Parameters,
+    associations_touching,
+    code_conditions,
+    parse_value,
+    select_objects,
+    time_conditions,
+)
 from xds.registry.store import (
     KIND_ASSOCIATION,
     KIND_DOCUMENT_ENTRY,
     KIND_SUBMISSION_SET,
-    registry_codes,
     registry_objects,
 )
 
@@ -72,56 +74,28 @@ def find_documents(connection: Connection, parameters: Parameters) -> list:
         conditions.append(registry_objects.c.object_type.in_(entry_types))
 
     for name, scheme in CODE_PARAMETERS.items():
-        groups = parameters.groups.get(name, [])
-        if not groups:
-            continue
-        if name in AND_OR_PARAMETERS:
-            conditions.extend(_code_condition(scheme, group) for group in groups)
-        else:
-            conditions.append(_code_condition(scheme, parameters.values(name)))
-
-    for name, (column_name, operator) in TIME_PARAMETERS.items():
-        bound = parameters.single(name)
-        if bound is None:
-            continue
-        column = registry_objects.c[column_name]
-        conditions.append(column >= bound if operator == ">=" else column < bound)
-
-    query = select(registry_objects).where(*conditions).order_by(registry_objects.c.entry_uuid)
-    return list(connection.execute(query))
+        conditions.extend(code_conditions(parameters, name, scheme, name in AND_OR_PARAMETERS))
+    conditions.extend(time_conditions(parameters, TIME_PARAMETERS))
+    return select_objects(connection, *conditions)
 
 
 def get_documents(connection: Connection, parameters: Parameters) -> list:
-    uuids = parameters.values("$XDSDocumentEntryEntryUUID")
-    unique_ids = parameters.values("$XDSDocumentEntryUniqueId")
-    if bool(uuids) == bool(unique_ids):
-        raise XdsError(
-            ErrorCode.XDSStoredQueryParamNumber,
-            "GetDocuments takes exactly one of $XDSDocumentEntryEntryUUID and "
-            "$XDSDocumentEntryUniqueId",
-            "GetDocuments",
-        )
-    column = registry_objects.c.entry_uuid if uuids else registry_objects.c.unique_id
-    query = select(registry_objects).where(
-        registry_objects.c.kind == KIND_DOCUMENT_ENTRY, column.in_(uuids or unique_ids)
+    by_uuid, values = parameters.one_of(
+        "GetDocuments", "$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"
     )
-    return list(connection.execute(query.order_by(registry_objects.c.entry_uuid)))
+    column = registry_objects.c.entry_uuid if by_uuid else registry_objects.c.unique_id
+    return select_objects(
+        connection, registry_objects.c.kind == KIND_DOCUMENT_ENTRY, column.in_(values)
+    )
 
 
 def get_associations(connection: Connection, parameters: Parameters) -> list:
-    uuids = parameters.required("$uuid")
-    query = select(registry_objects).where(
-        registry_objects.c.kind == KIND_ASSOCIATION,
-        or_(
-            registry_objects.c.source_object.in_(uuids), registry_objects.c.target_object.in_(uuids)
-        ),
-    )
-    return list(connection.execute(query.order_by(registry_objects.c.entry_uuid)))
+    return associations_touching(connection, parameters.entry_uuids("$uuid", required=True))
 
 
 def get_submission_sets(connection: Connection, parameters: Parameters) -> list:
     """The SubmissionSets with a HasMember to the given objects, and those Associations."""
-    uuids = parameters.required("$uuid")
+    uuids = parameters.entry_uuids("$uuid", required=True)
     associations = list(
         connection.execute(
             select(registry_objects)
@@ -134,15 +108,10 @@ def get_submission_sets(connection: Connection, parameters: Parameters) -> list:
         )
     )
     sources = sorted({row.source_object for row in associations})
-    submission_sets = list(
-        connection.execute(
-            select(registry_objects)
-            .where(
-                registry_objects.c.kind == KIND_SUBMISSION_SET,
-                registry_objects.c.entry_uuid.in_(sources),
-            )
-            .order_by(registry_objects.c.entry_uuid)
-        )
+    submission_sets = select_objects(
+        connection,
+        registry_objects.c.kind == KIND_SUBMISSION_SET,
+        registry_objects.c.entry_uuid.in_(sources),
     )
     member_links = [
         row
@@ -157,7 +126,18 @@ QUERIES: dict[str, Callable[[Connection, Parameters], list]] = {
     ebrim.GET_DOCUMENTS: get_documents,
     ebrim.GET_SUBMISSION_SETS: get_submission_sets,
     ebrim.GET_ASSOCIATIONS: get_associations,
+    **iti18_related.QUERIES,
 }
+QUERY_NAMES = {
+    ebrim.FIND_DOCUMENTS: "FindDocuments",
+    ebrim.GET_DOCUMENTS: "GetDocuments",
+    ebrim.GET_SUBMISSION_SETS: "GetSubmissionSets",
+    ebrim.GET_ASSOCIATIONS: "GetAssociations",
+    **iti18_related.QUERY_NAMES,
+}
+
+# Kept importable from here for callers that parse stored-query values.
+__all__ = ["QUERIES", "Parameters", "parse_value", "stored_query"]
 
 
 # -- request and response ------------------------------------------------------------------------
@@ -216,7 +196,7 @@ def stored_query(engine: Engine, adhoc_query_request: _Element) -> _Element:
                 RegistryError(
                     ErrorCode.XDSUnknownStoredQuery,
                     f"stored query {query_id} is not supported; this registry answers "
-                    "FindDocuments, GetDocuments, GetSubmissionSets and GetAssociations",
+                    + ", ".join(QUERY_NAMES.values()),
                     query_id,
                 )
             ]
@@ -246,5 +226,10 @@ def stored_query(engine: Engine, adhoc_query_request: _Element) -> _Element:
             object_list.append(_leaf(row))
         else:
             etree.SubElement(object_list, ebrim.q("rim", "ObjectRef"), id=row.entry_uuid)
-    logger.info("ITI-18 stored query %s returned %d objects", query_id, len(rows))
+    logger.info(
+        "ITI-18 stored query %s (%s) returned %d objects",
+        QUERY_NAMES[query_id],
+        query_id,
+        len(rows),
+    )
     return response

@@ -130,9 +130,9 @@ class Parameters:
             raise _malformed(name, f"{bound!r} is not a time YYYY[MM[DD[hh[mm[ss]]]]]")
         return bound
 
-    def entry_uuids(self, name: str) -> list[str]:
+    def entry_uuids(self, name: str, required: bool = False) -> list[str]:
         """The values of ``name``, each of which must be an ``urn:uuid:`` entryUUID."""
-        values = self.values(name)
+        values = self.required(name) if required else self.values(name)
         for value in values:
             if not is_uuid(value):
                 raise _malformed(name, f"{value!r} is not an entryUUID (urn:uuid:...)")
