@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from lxml import etree
 from lxml.etree import _Element
-from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -25,6 +24,7 @@ from xds.registry.iti18_common import (
     associations_touching,
     code_conditions,
     parse_value,
+    select_documents,
     select_objects,
     time_conditions,
 )
@@ -83,10 +83,7 @@ def get_documents(connection: Connection, parameters: Parameters) -> list:
     by_uuid, values = parameters.one_of(
         "GetDocuments", "$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"
     )
-    column = registry_objects.c.entry_uuid if by_uuid else registry_objects.c.unique_id
-    return select_objects(
-        connection, registry_objects.c.kind == KIND_DOCUMENT_ENTRY, column.in_(values)
-    )
+    return select_documents(connection, by_uuid, values)
 
 
 def get_associations(connection: Connection, parameters: Parameters) -> list:
@@ -96,16 +93,11 @@ def get_associations(connection: Connection, parameters: Parameters) -> list:
 def get_submission_sets(connection: Connection, parameters: Parameters) -> list:
     """The SubmissionSets with a HasMember to the given objects, and those Associations."""
     uuids = parameters.entry_uuids("$uuid", required=True)
-    associations = list(
-        connection.execute(
-            select(registry_objects)
-            .where(
-                registry_objects.c.kind == KIND_ASSOCIATION,
-                registry_objects.c.association_type == ebrim.HAS_MEMBER,
-                registry_objects.c.target_object.in_(uuids),
-            )
-            .order_by(registry_objects.c.entry_uuid)
-        )
+    associations = select_objects(
+        connection,
+        registry_objects.c.kind == KIND_ASSOCIATION,
+        registry_objects.c.association_type == ebrim.HAS_MEMBER,
+        registry_objects.c.target_object.in_(uuids),
     )
     sources = sorted({row.source_object for row in associations})
     submission_sets = select_objects(

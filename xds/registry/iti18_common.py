@@ -24,7 +24,12 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from xds.errors import ErrorCode, XdsError
 from xds.metadata import RIM_SLOT, RIM_VALUE
-from xds.registry.store import KIND_ASSOCIATION, registry_codes, registry_objects
+from xds.registry.store import (
+    KIND_ASSOCIATION,
+    KIND_DOCUMENT_ENTRY,
+    registry_codes,
+    registry_objects,
+)
 from xds.validation import is_dtm, is_uuid
 
 # -- value syntax ---------------------------------------------------------------------------------
@@ -215,6 +220,14 @@ def select_objects(connection: Connection, *conditions: ColumnElement[bool]) -> 
     """The registry objects meeting every condition, in entryUUID order (a stable answer)."""
     query = select(registry_objects).where(*conditions).order_by(registry_objects.c.entry_uuid)
     return list(connection.execute(query))
+
+
+def select_documents(connection: Connection, by_uuid: bool, values: list[str]) -> list[Row]:
+    """The DocumentEntries with one of ``values`` as entryUUID (``by_uuid``) or uniqueId."""
+    column = registry_objects.c.entry_uuid if by_uuid else registry_objects.c.unique_id
+    return select_objects(
+        connection, registry_objects.c.kind == KIND_DOCUMENT_ENTRY, column.in_(values)
+    )
 
 
 def associations_touching(

@@ -29,6 +29,7 @@ from xds.registry.iti18_common import (
     Parameters,
     associations_touching,
     code_conditions,
+    select_documents,
     select_objects,
     time_conditions,
 )
@@ -153,18 +154,11 @@ def get_submission_set_and_contents(connection: Connection, parameters: Paramete
 # -- GetDocumentsAndAssociations and GetRelatedDocuments ---------------------------------------
 
 
-def _documents(connection: Connection, by_uuid: bool, values: list[str]) -> list[Row]:
-    column = registry_objects.c.entry_uuid if by_uuid else registry_objects.c.unique_id
-    return select_objects(
-        connection, registry_objects.c.kind == KIND_DOCUMENT_ENTRY, column.in_(values)
-    )
-
-
 def get_documents_and_associations(connection: Connection, parameters: Parameters) -> list[Row]:
     by_uuid, values = parameters.one_of(
         "GetDocumentsAndAssociations", "$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"
     )
-    documents = _documents(connection, by_uuid, values)
+    documents = select_documents(connection, by_uuid, values)
     links = associations_touching(connection, [document.entry_uuid for document in documents])
     return [*documents, *links]
 
@@ -188,13 +182,13 @@ def get_related_documents(connection: Connection, parameters: Parameters) -> lis
             )
 
     # A uniqueId registered twice (identical resubmission) names several entries: all count.
-    originals = _documents(connection, by_uuid, values)
+    originals = select_documents(connection, by_uuid, values)
     original_uuids = [document.entry_uuid for document in originals]
     links = associations_touching(connection, original_uuids, types)
     if not links:
         return []
     other_ends = {link.source_object for link in links} | {link.target_object for link in links}
-    related = _documents(connection, True, sorted(other_ends - set(original_uuids)))
+    related = select_documents(connection, True, sorted(other_ends - set(original_uuids)))
     return [*originals, *related, *links]
 
 
