@@ -4,6 +4,7 @@ File Meta, then renamed into place; other AEs in the process keep pynetdicom's b
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
-from dicom import part10
+from dicom import landing, part10
 from tests.servers import free_port
 from tests.test_archive import data_set_bytes, new_archive, small_instance, split_part10
 from tests.test_scp import AE_TITLE, storescu
@@ -50,6 +51,35 @@ def test_storescu_instances_are_archived_without_a_copy(running, tmp_path):
         assert meta.ImplementationClassUID == part10.IMPLEMENTATION_CLASS_UID
         assert meta.SourceApplicationEntityTitle == "SENDER"
         assert meta.MediaStorageSOPInstanceUID == sop_uid
+    assert_only_ready_files(archive.landing_folder)
+
+
+def assert_only_ready_files(folder: Path) -> None:
+    """Nothing received is left behind: the folder holds only the empty files kept ready."""
+    files = list(folder.iterdir())
+    assert len(files) <= landing.READY_FILES
+    assert [path.name for path in files if path.stat().st_size] == []
+
+
+def test_ready_files_go_when_the_server_stops_and_a_removed_one_is_replaced(tmp_path):
+    from dicom.scp import DicomServer
+
+    archive = new_archive(tmp_path / "archive")
+    server = DicomServer(archive, ae_title=AE_TITLE, port=free_port())
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(list(archive.landing_folder.iterdir())) < landing.READY_FILES:
+            assert time.monotonic() < deadline, "no landing file was made ready"
+            time.sleep(0.01)
+        # A clean-up of the tmp folder (or anyone) removes the ready files: storing still works.
+        for path in archive.landing_folder.iterdir():
+            path.unlink()
+        source = small_instance(tmp_path / "a.dcm")
+        assert storescu(server.port, source).returncode == 0
+        assert archive.instance(dcmread(source, stop_before_pixels=True).SOPInstanceUID)
+    finally:
+        server.stop()
     assert list(archive.landing_folder.iterdir()) == []
 
 
@@ -85,7 +115,7 @@ def test_another_ae_in_the_process_keeps_pynetdicom_files(running, tmp_path):
     [(folder, implementation)] = seen
     assert folder == Path(tempfile.gettempdir())
     assert implementation != part10.IMPLEMENTATION_CLASS_UID
-    assert list(running.archive.landing_folder.iterdir()) == []
+    assert_only_ready_files(running.archive.landing_folder)
 
 
 def test_pynetdicom_names_are_restored_when_the_last_server_stops(tmp_path):
