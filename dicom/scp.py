@@ -16,11 +16,8 @@ Every handler is registered in ``DicomServer._handlers``: add new services there
 
 from __future__ import annotations
 
-import copy
 import errno
 import logging
-import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,11 +34,10 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
-from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification, register_uid
 
-from dicom import landing
+from dicom import landing, tuning
 from dicom.archive import Archive, StoreOutcome
 
 log = logging.getLogger(__name__)
@@ -72,12 +68,6 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 # (a requester that is releasing never answers) before falling back to a new association.
 RELEASE_GRACE = 0.1
 REPORT_TIMEOUT = 5.0
-
-# pynetdicom's transport thread sleeps this long when it found nothing to do (default 1 ms).
-DUL_POLL_SECONDS = 0.0002
-# How long the association's reactor waits for the next request before its other checks
-# (release, abort, timeouts); a request arriving wakes it at once.
-REACTOR_WAIT_SECONDS = 0.002
 
 # 0 means no limit: the sender may put a whole instance in one PDU, fewer round trips.
 MAX_PDU = 0
@@ -154,7 +144,7 @@ class DicomServer:
     def _handlers(self) -> list[tuple]:
         """Every event this AE answers, in one place."""
         handlers = [
-            (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_CONN_OPEN, tuning.tune_association),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
@@ -174,7 +164,7 @@ class DicomServer:
             landing.register(self.ae, self._landing_folder)
         self._server = self.ae.start_server((self.host, self.port), block=False,
                                             evt_handlers=self._handlers())
-        _copy_contexts_cheaply(self._server)
+        tuning.copy_contexts_cheaply(self._server)
         log.info("DICOM AE %s listening on %s:%d", self.ae_title, self.host, self.port)
 
     def stop(self) -> None:
@@ -332,7 +322,7 @@ class DicomServer:
         role.scu_role = False
         role.scp_role = True
         assoc = ae.associate(address[0], address[1], ae_title=ae_title, ext_neg=[role],
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tuning.tune_association)])
         if not assoc.is_established:
             log.warning("storage commitment %s: %s at %s:%d refused or unreachable",
                         info.TransactionUID, ae_title, *address)
@@ -372,88 +362,6 @@ def _failure(status: int, comment: str, offending: int | None = None) -> Dataset
     if offending is not None:
         response.OffendingElement = [offending]
     return response
-
-
-def _set_nodelay(event) -> None:
-    """Switch off Nagle's algorithm: each small DIMSE response must leave at once. And poll
-    the connection more often than pynetdicom's default 1 ms when idle: between two instances
-    the link is idle, and that sleep would be paid twice per instance. Same for the reactor
-    that serves decoded requests (``_wake_on_request``)."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if hasattr(event.assoc.dul, "_run_loop_delay"):
-        event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
-    _wake_on_request(event.assoc.dimse)
-    _read_in_large_pieces(event.assoc.dul.socket)
-
-
-class _SharedUidContext(PresentationContext):
-    """A presentation context whose deep copy shares its UIDs.
-
-    pynetdicom deep-copies every supported context for each association it accepts; with every
-    storage class in every transfer syntax that is some 7,000 UIDs rebuilt and re-validated, about
-    30 ms of CPU before the association can even be answered (a modality sending one instance
-    per association felt it on each one). A UID is an immutable string: sharing it is what a
-    deep copy of a plain string does. The lists are still copied, so that an association's
-    negotiation never touches the server's contexts."""
-
-    def __deepcopy__(self, memo):
-        clone = copy.copy(self)
-        clone.__dict__ = {name: list(value) if isinstance(value, list) else value
-                          for name, value in self.__dict__.items()}
-        return clone
-
-
-def _copy_contexts_cheaply(server) -> None:
-    contexts = getattr(server, "contexts", None)
-    for context in contexts or ():
-        if type(context) is PresentationContext:
-            context.__class__ = _SharedUidContext
-
-
-def _read_in_large_pieces(transport) -> None:
-    """pynetdicom reads a PDU from the socket 4 KB at a time, each piece appended to the last:
-    some 130 calls for one 0.5 MB image. Here each call takes all the kernel holds, straight
-    into a buffer of the PDU's size. Same result: the bytes asked for, or fewer when the
-    connection closed."""
-    if transport is None or not callable(getattr(transport, "recv", None)):
-        return
-
-    def recv(nr_bytes: int) -> bytearray:
-        received = bytearray(nr_bytes)
-        nr_read = 0
-        with memoryview(received) as view:
-            while nr_read < nr_bytes:
-                count = transport.socket.recv_into(view[nr_read:])
-                if not count:
-                    break
-                nr_read += count
-        del received[nr_read:]
-        return received
-
-    transport.recv = recv
-
-
-def _wake_on_request(dimse) -> None:
-    """The association's reactor sleeps 1 ms, then looks for a decoded request without
-    waiting: a C-STORE decoded during that sleep waited for it, once per instance. Here its
-    look waits (briefly) on the queue instead, and so starts as soon as the request is there.
-    Waits for a response (``block=True``, while the reactor is paused) are pynetdicom's own."""
-    messages = getattr(dimse, "msg_queue", None)
-    own_get_msg = getattr(dimse, "get_msg", None)
-    if messages is None or own_get_msg is None:
-        return
-
-    def get_msg(block: bool = False):
-        if block:
-            return own_get_msg(block=True)
-        try:
-            return messages.get(block=True, timeout=REACTOR_WAIT_SECONDS)
-        except queue.Empty:
-            return None, None
-
-    dimse.get_msg = get_msg
 
 
 def _use_chunked_receive(on: bool) -> None:

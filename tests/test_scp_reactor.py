@@ -1,5 +1,7 @@
-"""The association reactor's look for a decoded request waits on the queue (briefly), so a
-request is served as soon as it is decoded; a wait for a response stays pynetdicom's own."""
+"""dicom.tuning, each adjustment against pynetdicom's own behaviour: the association reactor's
+look for a decoded request waits on the queue (briefly), so a request is served as soon as it is
+decoded, while a wait for a response stays pynetdicom's own; PDUs are read in large pieces; a
+plain C-STORE response is encoded byte for byte as pynetdicom encodes it."""
 
 from __future__ import annotations
 
@@ -7,8 +9,13 @@ import queue
 import threading
 import time
 
-from dicom import scp
-from dicom.scp import REACTOR_WAIT_SECONDS, _wake_on_request
+import pytest
+from pydicom.uid import CTImageStorage, generate_uid
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+
+from dicom import tuning
+from dicom.tuning import REACTOR_WAIT_SECONDS, _wake_on_request
 
 
 class _Dimse:
@@ -30,7 +37,7 @@ def test_reactor_look_wakes_on_a_request_and_gives_up_after_a_short_wait(monkeyp
     assert REACTOR_WAIT_SECONDS <= time.perf_counter() - start < 0.5
 
     # One look that starts before the request is decoded still takes it, when it comes.
-    monkeypatch.setattr(scp, "REACTOR_WAIT_SECONDS", 10.0)
+    monkeypatch.setattr(tuning, "REACTOR_WAIT_SECONDS", 10.0)
     timer = threading.Timer(0.1, dimse.msg_queue.put, args=((1, "C-STORE-RQ"),))
     start = time.perf_counter()
     timer.start()
@@ -46,7 +53,7 @@ def test_reactor_look_wakes_on_a_request_and_gives_up_after_a_short_wait(monkeyp
 def test_pdu_read_in_large_pieces_returns_what_was_asked_or_what_came_before_closing():
     import socket
 
-    from dicom.scp import _read_in_large_pieces
+    from dicom.tuning import _read_in_large_pieces
 
     class _Transport:
         def __init__(self, sock):
@@ -66,3 +73,55 @@ def test_pdu_read_in_large_pieces_returns_what_was_asked_or_what_came_before_clo
     theirs.close()
     assert transport.recv(100) == bytearray(b"rest")  # the peer closed after 4 bytes
     ours.close()
+
+
+def _c_store_response(status: int, message_id: int = 7, **fields) -> C_STORE:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = message_id
+    response.AffectedSOPClassUID = CTImageStorage
+    response.AffectedSOPInstanceUID = generate_uid()  # odd or even length, both are seen
+    response.Status = status
+    for name, value in fields.items():
+        setattr(response, name, value)
+    return response
+
+
+def _pynetdicom_pdvs(primitive, max_pdu: int = 0) -> list[tuple[int, bytes]]:
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    return [pdv for pdata in message.encode_msg(5, max_pdu)
+            for pdv in pdata.presentation_data_value_list]
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xB007])
+@pytest.mark.parametrize("message_id", [1, 65535])
+def test_plain_c_store_response_is_encoded_as_pynetdicom_encodes_it(status, message_id):
+    for _ in range(4):  # UIDs of both parities
+        primitive = _c_store_response(status, message_id)
+        sent = []
+        dimse = type("Dimse", (), {"maximum_pdu_size": 0})()
+        dimse.dul = type("Dul", (), {"send_pdu": lambda self, pdata: sent.append(pdata)})()
+        dimse.send_msg = lambda *_args: pytest.fail("went through pynetdicom's send_msg")
+        tuning._answer_stores_quickly(dimse)
+
+        dimse.send_msg(primitive, 5)
+
+        [pdata] = sent
+        assert pdata.presentation_data_value_list == _pynetdicom_pdvs(primitive)
+
+
+def test_other_responses_go_through_pynetdicom():
+    assert tuning.c_store_rsp_command(_c_store_response(0x0110, ErrorComment="refused")) is None
+    assert tuning.c_store_rsp_command(_c_store_response(0xA900, OffendingElement=[0x00080016])) is None
+    request = _c_store_response(0x0000)
+    request.MessageIDBeingRespondedTo = None
+    assert tuning.c_store_rsp_command(request) is None
+
+    handed_over = []
+    dimse = type("Dimse", (), {"maximum_pdu_size": 0})()
+    dimse.dul = type("Dul", (), {"send_pdu": lambda self, pdata: pytest.fail("sent directly")})()
+    dimse.send_msg = lambda primitive, context_id: handed_over.append(primitive)
+    tuning._answer_stores_quickly(dimse)
+    failure = _c_store_response(0x0110, ErrorComment="refused")
+    dimse.send_msg(failure, 5)
+    assert handed_over == [failure]
