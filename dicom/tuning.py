@@ -11,35 +11,100 @@ own result.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import queue
+import select
 import socket
+import ssl
 import struct
+import weakref
 
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
-# pynetdicom's transport thread sleeps this long when it found nothing to do (default 1 ms).
-DUL_POLL_SECONDS = 0.0002
+# pynetdicom's transport thread sleeps this long when it found nothing to do (default 1 ms);
+# then, with ``_wait_for_work``, it waits on its socket for at most DUL_IDLE_WAIT.
+DUL_POLL_SECONDS = 0.0
+DUL_IDLE_WAIT = 0.05
 # How long the association's reactor waits for the next request before its other checks
 # (release, abort, timeouts); a request arriving wakes it at once.
 REACTOR_WAIT_SECONDS = 0.002
 
 
 def tune_association(event) -> None:
-    """Switch off Nagle's algorithm: each small DIMSE response must leave at once. And poll
-    the connection more often than pynetdicom's default 1 ms when idle: between two instances
-    the link is idle, and that sleep would be paid twice per instance. Same for the reactor
-    that serves decoded requests (``_wake_on_request``)."""
+    """Bound to EVT_CONN_OPEN. Switch off Nagle's algorithm: each small DIMSE response must
+    leave at once. Then the adjustments below, for this association's transport thread (DUL),
+    reactor and DIMSE provider."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if hasattr(event.assoc.dul, "_run_loop_delay"):
-        event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+    _wait_for_work(event.assoc.dul)
     _wake_on_request(event.assoc.dimse)
     _read_in_large_pieces(event.assoc.dul.socket)
     _answer_stores_quickly(event.assoc.dimse)
+
+
+def _wait_for_work(dul) -> None:
+    """pynetdicom's transport thread polls: it looks at the socket and its queues, and when it
+    found nothing it sleeps 1 ms and looks again. Between two instances the link is idle, so a
+    request, and then our response, each waited for the end of a sleep; and while an instance
+    is stored, a thousand wake-ups a second take the GIL from the thread storing it.
+
+    Here, when nothing is queued, the thread waits in ``select`` on the socket and on a wake-up
+    socket, which ``send_pdu`` (a response, a request, a release or an abort to send) and
+    ``kill_dul``/``stop_dul`` write to: it reacts at once to either side and sleeps otherwise.
+    The wait is bounded by DUL_IDLE_WAIT, so its timers (ARTIM, idle) are still checked."""
+    transport = getattr(dul, "socket", None)
+    names = ("_is_transport_event", "send_pdu", "kill_dul", "stop_dul", "to_provider_queue",
+             "event_queue", "_run_loop_delay")
+    if transport is None or not all(hasattr(dul, name) for name in names):
+        return
+    wake_in, wake_out = socket.socketpair()
+    wake_in.setblocking(False)
+    wake_out.setblocking(False)
+    weakref.finalize(dul, wake_in.close)
+    weakref.finalize(dul, wake_out.close)
+    own = {name: getattr(dul, name) for name in ("_is_transport_event", "send_pdu", "kill_dul",
+                                                  "stop_dul")}
+
+    def wake() -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            wake_out.send(b"\0")
+
+    def is_transport_event() -> bool:
+        connection = getattr(transport, "socket", None)
+        if (connection is not None and dul.to_provider_queue.empty() and dul.event_queue.empty()
+                and not _has_buffered_bytes(connection)):
+            with contextlib.suppress(OSError, ValueError):  # closed: pynetdicom's look tells
+                readable, _, _ = select.select([connection, wake_in], [], [], DUL_IDLE_WAIT)
+                if wake_in in readable:
+                    wake_in.recv(4096)
+        return own["_is_transport_event"]()
+
+    def send_pdu(primitive) -> None:
+        own["send_pdu"](primitive)
+        wake()
+
+    def kill_dul() -> None:
+        own["kill_dul"]()
+        wake()
+
+    def stop_dul() -> bool:
+        wake()
+        return own["stop_dul"]()
+
+    dul._is_transport_event = is_transport_event
+    dul.send_pdu = send_pdu
+    dul.kill_dul = kill_dul
+    dul.stop_dul = stop_dul
+    dul._run_loop_delay = DUL_POLL_SECONDS
+
+
+def _has_buffered_bytes(connection) -> bool:
+    """A TLS socket may hold decrypted bytes that ``select`` does not see."""
+    return isinstance(connection, ssl.SSLSocket) and bool(connection.pending())
 
 
 class _SharedUidContext(PresentationContext):

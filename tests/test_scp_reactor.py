@@ -125,3 +125,25 @@ def test_other_responses_go_through_pynetdicom():
     failure = _c_store_response(0x0110, ErrorComment="refused")
     dimse.send_msg(failure, 5)
     assert handed_over == [failure]
+
+
+def test_transport_thread_waits_on_its_socket_and_is_woken_to_send(tmp_path, monkeypatch):
+    """With the idle wait made very long, every step of a real exchange still happens at once:
+    a request wakes the wait by arriving, a response or release by being queued, a stop by
+    being asked. (Were any of them left to the wait's end, the exchange would take minutes.)"""
+    from dicom.scp import DicomServer
+    from tests.servers import free_port
+    from tests.test_archive import new_archive, small_instance
+    from tests.test_scp import AE_TITLE, dcmtk, storescu
+
+    monkeypatch.setattr(tuning, "DUL_IDLE_WAIT", 120.0)
+    server = DicomServer(new_archive(tmp_path / "archive"), ae_title=AE_TITLE, port=free_port())
+    server.start()
+    start = time.perf_counter()
+    try:
+        for _ in range(3):
+            assert dcmtk("echoscu", server.port).returncode == 0
+        assert storescu(server.port, small_instance(tmp_path / "a.dcm")).returncode == 0
+    finally:
+        server.stop()
+    assert time.perf_counter() - start < 60
