@@ -18,6 +18,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import weakref
 
 from pynetdicom.dimse_primitives import C_STORE
@@ -41,7 +42,7 @@ def tune_association(event) -> None:
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     _wait_for_work(event.assoc.dul)
-    _wake_on_request(event.assoc.dimse)
+    _wake_on_request(event.assoc.dimse, event.assoc.dul)
     _read_in_large_pieces(event.assoc.dul.socket)
     _answer_stores_quickly(event.assoc.dimse)
 
@@ -154,25 +155,44 @@ def _read_in_large_pieces(transport) -> None:
     transport.recv = recv
 
 
-def _wake_on_request(dimse) -> None:
+def _wake_on_request(dimse, dul) -> None:
     """The association's reactor sleeps 1 ms, then looks for a decoded request without
     waiting: a C-STORE decoded during that sleep waited for it, once per instance. Here its
-    look waits (briefly) on the queue instead, and so starts as soon as the request is there.
-    Waits for a response (``block=True``, while the reactor is paused) are pynetdicom's own."""
+    look waits (briefly) for something to arrive instead: a request (DIMSE queue) or a
+    release or abort from the peer (the DUL's queue to the user, which the reactor checks
+    after its look). Either wakes it at once. Waits for a response (``block=True``, while the
+    reactor is paused) are pynetdicom's own."""
     messages = getattr(dimse, "msg_queue", None)
+    indications = getattr(dul, "to_user_queue", None)
     own_get_msg = getattr(dimse, "get_msg", None)
-    if messages is None or own_get_msg is None:
+    if messages is None or indications is None or own_get_msg is None:
         return
+    arrived = threading.Event()
+    for incoming in (messages, indications):
+        _signal_puts(incoming, arrived)
 
     def get_msg(block: bool = False):
         if block:
             return own_get_msg(block=True)
+        if messages.empty() and indications.empty():
+            arrived.wait(REACTOR_WAIT_SECONDS)
+        arrived.clear()  # whatever arrived before this is in a queue, looked at now or next
         try:
-            return messages.get(block=True, timeout=REACTOR_WAIT_SECONDS)
+            return messages.get_nowait()
         except queue.Empty:
             return None, None
 
     dimse.get_msg = get_msg
+
+
+def _signal_puts(incoming: queue.Queue, arrived: threading.Event) -> None:
+    own_put = incoming.put
+
+    def put(item, *args, **kwargs) -> None:
+        own_put(item, *args, **kwargs)
+        arrived.set()
+
+    incoming.put = put
 
 
 # C-STORE-RSP command set, Implicit VR Little Endian (PS3.7 9.3.1.2): its elements in order.

@@ -28,9 +28,14 @@ class _Dimse:
         return self.msg_queue.get_nowait() if not self.msg_queue.empty() else (None, None)
 
 
+class _Dul:
+    def __init__(self):
+        self.to_user_queue = queue.Queue()
+
+
 def test_reactor_look_wakes_on_a_request_and_gives_up_after_a_short_wait(monkeypatch):
-    dimse = _Dimse()
-    _wake_on_request(dimse)
+    dimse, dul = _Dimse(), _Dul()
+    _wake_on_request(dimse, dul)
 
     start = time.perf_counter()
     assert dimse.get_msg(block=False) == (None, None)
@@ -44,6 +49,17 @@ def test_reactor_look_wakes_on_a_request_and_gives_up_after_a_short_wait(monkeyp
     assert dimse.get_msg(block=False) == (1, "C-STORE-RQ")
     assert time.perf_counter() - start < 5
     timer.join()
+
+    # A release from the peer ends the look too (the reactor checks for it next), and while
+    # it waits to be taken, no look waits.
+    timer = threading.Timer(0.1, dul.to_user_queue.put, args=("A-RELEASE",))
+    start = time.perf_counter()
+    timer.start()
+    assert dimse.get_msg(block=False) == (None, None)
+    assert dimse.get_msg(block=False) == (None, None)
+    assert time.perf_counter() - start < 5
+    timer.join()
+    assert dul.to_user_queue.get_nowait() == "A-RELEASE"
 
     dimse.msg_queue.put((3, "N-EVENT-REPORT-RSP"))
     assert dimse.get_msg(block=True) == (3, "N-EVENT-REPORT-RSP")
