@@ -96,9 +96,15 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def serve_ours(scratch: str) -> None:
-    """Child process: our archive and DICOM server until SIGTERM."""
+def serve_ours(scratch: str, durable: bool = True) -> None:
+    """Child process: our archive and DICOM server until SIGTERM.
+
+    ``durable=False`` is for measurement only (the product has no such setting): no fsync of
+    files or folders, SQLite commits without syncing. What the rate gains then is the price
+    of acknowledging each instance only once it is on disk, which storescp does not do."""
     import logging
+
+    from sqlalchemy import event
 
     from dicom.archive import Archive
     from dicom.index import create_index_tables
@@ -108,8 +114,15 @@ def serve_ours(scratch: str) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     engine = create_engine(f"sqlite:///{scratch}/index.db")
+    if not durable:
+        os.fsync = lambda fd: None
+
+        @event.listens_for(engine, "connect")
+        def _no_sync(dbapi_connection, _record):
+            dbapi_connection.execute("PRAGMA synchronous=OFF")
     create_index_tables(engine)
     server = DicomServer(Archive(engine, FileBlobStore(f"{scratch}/blobs")), port=PORT_OURS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # for sigwait, in every thread
     server.start()
     signal.sigwait([signal.SIGTERM])
     server.stop()
@@ -122,101 +135,119 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def report(name: str, rates: list[float]) -> None:
-    print(f"{name:<28} {statistics.median(rates):7.0f} instances/s "
-          f"(runs: {', '.join(f'{r:.0f}' for r in rates)})", flush=True)
-
-
-def measure(name: str, runs: int, count: int, send, reset) -> list[float]:
-    rates = []
-    for _ in range(runs):
-        reset()
-        rates.append(count / send())
-    report(name, rates)
-    return rates
+def median_text(values: list[float], unit: str, digits: int = 0) -> str:
+    runs = ", ".join(f"{value:.{digits}f}" for value in values)
+    return f"{statistics.median(values):7.{digits}f} {unit} (runs: {runs})"
 
 
 def run(count: int, runs: int) -> None:
+    """``runs`` rounds; in each, every receiver gets the study once, new, one after the other.
+    This disk's speed drifts by a third from minute to minute, so rounds keep the receivers
+    side by side, and the ratio to storescp is taken within each round."""
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         tmp = Path(tmp)
         study = tmp / "study"
         study.mkdir()
         size = generate_study(study, count)
-        print(f"study: {count} CT instances, {size / 1e6:.0f} MB")
+        print(f"study: {count} CT instances, {size / 1e6:.0f} MB", flush=True)
 
-        # Every receiver starts with the generated study on disk, not still being written back.
-        os.sync()
-
-        # Our SCP, in its own process so that its peak RSS is its own; a new process and an
-        # empty archive for each run, which sends the study twice: all new, then all duplicates.
-        new_rates, dup_rates, peaks, per_association = [], [], [], []
-        for run_number in range(runs):
-            scratch = tmp / f"ours-{run_number}"
+        rates: dict[str, list[float]] = {"ours": [], "dup": [], "unsynced": [], "storescp": [],
+                                         "orthanc": []}
+        per_association: dict[str, list[float]] = {"ours": [], "storescp": [], "orthanc": []}
+        peaks = []
+        for round_number in range(runs):
+            scratch = tmp / f"round-{round_number}"
             scratch.mkdir()
-            ours = subprocess.Popen([sys.executable, __file__, "--serve", str(scratch)])
-            try:
-                wait_port(PORT_OURS)
-                new_rates.append(count / storescu(PORT_OURS, "XDSI", study))
-                dup_rates.append(count / storescu(PORT_OURS, "XDSI", study))
-                peaks.append(peak_rss_mb(ours.pid))
-                per_association.append(one_per_association(PORT_OURS, "XDSI", study, ASSOCIATIONS))
-            finally:
-                ours.send_signal(signal.SIGTERM)
-                ours.wait(timeout=30)
+            peaks.append(round_ours(scratch, study, count, rates, per_association))
+            round_ours_unsynced(scratch, study, count, rates)
+            round_storescp(scratch, study, count, rates, per_association)
+            round_orthanc(scratch, study, count, rates, per_association)
             shutil.rmtree(scratch)
-        report("storescu -> our SCP (new)", new_rates)
-        report("storescu -> our SCP (dup)", dup_rates)
-        print(f"our SCP peak RSS: {max(peaks):.0f} MB", flush=True)
-        print(f"{'one association per instance':<28} {statistics.median(per_association):7.1f} ms per "
-              f"instance, our SCP, {ASSOCIATIONS} instances (duplicates) "
-              f"(runs: {', '.join(f'{ms:.1f}' for ms in per_association)})", flush=True)
+            os.sync()
 
-        # dcmtk storescp: the speed limit.
-        out = tmp / "storescp"
-
-        def reset_storescp():
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
-
-        reset_storescp()
-        storescp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out),
-                                     "-pdu", "131072", str(PORT_STORESCP)], env=ENV)
-        try:
-            wait_port(PORT_STORESCP)
-            measure("storescu -> storescp", runs, count,
-                    lambda: storescu(PORT_STORESCP, "STORESCP", study), reset_storescp)
-            reset_storescp()
-            print(f"{'one association per instance':<28} "
-                  f"{one_per_association(PORT_STORESCP, 'STORESCP', study, ASSOCIATIONS):7.1f} ms per "
-                  f"instance, storescp", flush=True)
-        finally:
-            storescp.terminate()
-            storescp.wait(timeout=30)
-
-        run_orthanc(tmp, study, count, runs)
+        print(f"{'storescu -> our SCP (new)':<30} {median_text(rates['ours'], 'instances/s')}")
+        print(f"{'storescu -> our SCP (dup)':<30} {median_text(rates['dup'], 'instances/s')}")
+        print(f"{'  the same, no fsync (*)':<30} {median_text(rates['unsynced'], 'instances/s')}")
+        print(f"{'storescu -> storescp':<30} {median_text(rates['storescp'], 'instances/s')}")
+        if rates["orthanc"]:
+            print(f"{'storescu -> Orthanc (new)':<30} {median_text(rates['orthanc'], 'instances/s')}")
+        else:
+            print("Orthanc is not installed: skipped")
+        ratios = [ours / limit for ours, limit in zip(rates["ours"], rates["storescp"])]
+        print(f"{'our SCP / storescp, per round':<30} {median_text(ratios, '', 2)}")
+        print(f"our SCP peak RSS: {max(peaks):.0f} MB")
+        print("(*) measurement only: our SCP with fsync and SQLite syncing switched off, as "
+              "storescp runs; the product always syncs before it answers")
+        print(f"one association per instance ({ASSOCIATIONS} instances, already stored):")
+        for name, label in (("ours", "our SCP"), ("storescp", "storescp"), ("orthanc", "Orthanc")):
+            if per_association[name]:
+                print(f"  {label:<28} {median_text(per_association[name], 'ms per instance', 1)}")
 
 
-def run_orthanc(tmp: Path, study: Path, count: int, runs: int) -> None:
+def round_ours(scratch: Path, study: Path, count: int, rates, per_association) -> float:
+    """Our SCP in its own process (so that its peak RSS is its own) on an empty archive: the
+    study new, then again (all duplicates). Returns the peak RSS in MB."""
+    folder = scratch / "ours"
+    folder.mkdir()
+    ours = subprocess.Popen([sys.executable, __file__, "--serve", str(folder)])
+    try:
+        wait_port(PORT_OURS)
+        rates["ours"].append(count / storescu(PORT_OURS, "XDSI", study))
+        rates["dup"].append(count / storescu(PORT_OURS, "XDSI", study))
+        per_association["ours"].append(one_per_association(PORT_OURS, "XDSI", study, ASSOCIATIONS))
+        return peak_rss_mb(ours.pid)
+    finally:
+        ours.send_signal(signal.SIGTERM)
+        ours.wait(timeout=30)
+
+
+def round_ours_unsynced(scratch: Path, study: Path, count: int, rates) -> None:
+    folder = scratch / "ours-unsynced"
+    folder.mkdir()
+    ours = subprocess.Popen([sys.executable, __file__, "--serve", str(folder), "--no-sync"])
+    try:
+        wait_port(PORT_OURS)
+        rates["unsynced"].append(count / storescu(PORT_OURS, "XDSI", study))
+    finally:
+        ours.send_signal(signal.SIGTERM)
+        ours.wait(timeout=30)
+
+
+def round_storescp(scratch: Path, study: Path, count: int, rates, per_association) -> None:
+    """dcmtk's storescp: files written as they come, nothing indexed or synced: the limit."""
+    out = scratch / "storescp"
+    out.mkdir()
+    storescp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out),
+                                 "-pdu", "131072", str(PORT_STORESCP)], env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(PORT_STORESCP)
+        rates["storescp"].append(count / storescu(PORT_STORESCP, "STORESCP", study))
+        per_association["storescp"].append(
+            one_per_association(PORT_STORESCP, "STORESCP", study, ASSOCIATIONS))
+    finally:
+        storescp.terminate()
+        storescp.wait(timeout=30)
+
+
+def round_orthanc(scratch: Path, study: Path, count: int, rates, per_association) -> None:
     binary = shutil.which("Orthanc")
     if binary is None:
-        print("Orthanc is not installed: skipped")
         return
-    storage = tmp / "orthanc"
+    storage = scratch / "orthanc"
     config = {"Name": "BENCH", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
               "StorageCompression": False, "DicomServerEnabled": True, "DicomAet": "ORTHANC",
               "DicomPort": PORT_ORTHANC, "DicomThreadsCount": 4, "HttpServerEnabled": True,
               "HttpPort": HTTP_ORTHANC, "RemoteAccessAllowed": False,
               "AuthenticationEnabled": False, "SaveJobs": False}
-    (tmp / "orthanc.json").write_text(json.dumps(config))
-    orthanc = subprocess.Popen([binary, str(tmp / "orthanc.json")], env=ENV,
+    (scratch / "orthanc.json").write_text(json.dumps(config))
+    orthanc = subprocess.Popen([binary, str(scratch / "orthanc.json")], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(PORT_ORTHANC, timeout=60)
-        first = count / storescu(PORT_ORTHANC, "ORTHANC", study)
-        print(f"{'storescu -> Orthanc (new)':<28} {first:7.0f} instances/s")
-        print(f"{'one association per instance':<28} "
-              f"{one_per_association(PORT_ORTHANC, 'ORTHANC', study, ASSOCIATIONS):7.1f} ms per "
-              f"instance, Orthanc (duplicates)", flush=True)
+        rates["orthanc"].append(count / storescu(PORT_ORTHANC, "ORTHANC", study))
+        per_association["orthanc"].append(
+            one_per_association(PORT_ORTHANC, "ORTHANC", study, ASSOCIATIONS))
     finally:
         orthanc.terminate()
         orthanc.wait(timeout=30)
@@ -227,11 +258,12 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--no-sync", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.serve:
-        serve_ours(args.serve)
+        serve_ours(args.serve, durable=not args.no_sync)
         return 0
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
