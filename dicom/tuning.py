@@ -203,7 +203,7 @@ _LAST_COMMAND_FRAGMENT = b"\x03"  # message control header: command, last fragme
 
 def _answer_stores_quickly(dimse) -> None:
     """Encode a plain C-STORE response (Success or Warning, no Error Comment or Offending
-    Element) straight to bytes, instead of through a pydicom data set: about 0.4 ms less per
+    Element) straight to bytes, instead of through a pydicom data set: about 0.3 ms less per
     instance. Any other message goes through pynetdicom's own ``send_msg``. The one thing
     skipped is pynetdicom's EVT_DIMSE_SENT, which nothing here binds (it only logs at DEBUG)."""
     own_send_msg = getattr(dimse, "send_msg", None)

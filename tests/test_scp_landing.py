@@ -3,6 +3,7 @@ File Meta, then renamed into place; other AEs in the process keep pynetdicom's b
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -130,3 +131,24 @@ def test_pynetdicom_names_are_restored_when_the_last_server_stops(tmp_path):
     servers[1].stop()
     assert dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
     assert dimse_messages.write_file_meta_info is write_file_meta_info
+
+
+def test_landing_files_left_by_an_earlier_run_are_swept_when_the_server_starts(tmp_path):
+    from dicom.scp import DicomServer
+
+    archive = new_archive(tmp_path / "archive")
+    old = archive.landing_folder / "c-store-1-7.dcm"
+    recent = archive.landing_folder / "c-store-2-9.dcm"
+    unrelated = archive.landing_folder / "spool-abc.tmp"
+    for path in (old, recent, unrelated):
+        path.write_bytes(b"part of an instance")
+    two_hours_ago = time.time() - 7200
+    for path in (old, unrelated):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    server = DicomServer(archive, ae_title=AE_TITLE, port=free_port())
+    server.start()
+    server.stop()
+
+    assert not old.exists()
+    assert recent.exists() and unrelated.exists()  # maybe still being written; not a landing file
