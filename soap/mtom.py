@@ -455,8 +455,8 @@ WRITE_SIZE = 2 << 20
 
 Every write costs a trip to a worker thread and back, and one or more socket sends; small
 instances (a CT image is about 0.5 MB) would otherwise cost a trip each, plus one for each
-MIME header. Packing the package into 2 MiB writes roughly halves the time per byte on
-loopback, and bounds the memory of one response to a few such buffers."""
+MIME header. Packing the package into 2 MiB writes made a 500-image RAD-69 answer about a
+third faster on loopback, and bounds the memory of one response to a few such buffers."""
 
 
 def _packed(pieces: Iterable[bytes | OutgoingPart], size: int = WRITE_SIZE) -> Iterator[memoryview]:
