@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -459,6 +460,27 @@ MIME header. Packing the package into 2 MiB writes made a 500-image RAD-69 answe
 third faster on loopback, and bounds the memory of one response to a few such buffers."""
 
 
+READ_AHEAD = 8
+"""File-backed parts whose reading the kernel is asked to start before their turn comes: a
+study not in the page cache is then read with several requests in flight, not one file at a
+time (a 500-image RAD-69 read from disk went from about 620 to 800-1000 MB/s here). Only the
+first READ_AHEAD_BYTES of each: the kernel's own read-ahead follows a large file as it is read."""
+READ_AHEAD_BYTES = 4 << 20
+
+
+def _read_ahead(part: OutgoingPart) -> None:
+    if part.chunks is not None or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(part.path, os.O_RDONLY)
+    except OSError:
+        return  # reported when its turn comes
+    try:
+        os.posix_fadvise(fd, 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 def _packed(pieces: Iterable[bytes | OutgoingPart], size: int = WRITE_SIZE) -> Iterator[memoryview]:
     """The pieces, in order, as consecutive buffers of ``size`` bytes (the last one shorter).
 
@@ -510,7 +532,11 @@ def mtom_response(
             f"Content-Transfer-Encoding: binary\r\nContent-ID: <{root_id}>\r\n\r\n"
         ).encode()
         yield etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
-        for part in parts:
+        for ahead in parts[:READ_AHEAD]:
+            _read_ahead(ahead)
+        for number, part in enumerate(parts):
+            if number + READ_AHEAD < len(parts):
+                _read_ahead(parts[number + READ_AHEAD])
             yield (
                 f"\r\n--{boundary}\r\nContent-Type: {part.content_type}\r\n"
                 f"Content-Transfer-Encoding: binary\r\nContent-ID: <{part.content_id}>\r\n\r\n"

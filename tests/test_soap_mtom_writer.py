@@ -20,6 +20,7 @@ from soap.faults import SoapFault
 from soap.mtom import (
     IncomingMessage,
     _packed,
+    _read_ahead,
     OutgoingPart,
     document_content,
     inline_response,
@@ -321,3 +322,22 @@ def test_reader_throughput_on_a_1_gib_attachment_in_64_kib_chunks(tmp_path, caps
             f"\nMTOM reader, 1 GiB attachment in 64 KiB chunks, spooled to disk with SHA-1: "
             f"{total / elapsed / 1e6:.0f} MB/s ({elapsed:.2f} s)"
         )
+
+
+def test_read_ahead_skips_a_file_it_cannot_open_and_the_stream_names_it(tmp_path):
+    gone = tmp_path / "gone"
+    part = OutgoingPart("b@xdsi", "application/dicom", path=gone)
+    _read_ahead(part)  # no error here: the part's own turn reports it
+
+    present = tmp_path / "present"
+    present.write_bytes(b"first part")
+    envelope = reply_envelope(["a@xdsi", "b@xdsi"])
+    _, body = mtom_response(envelope, [OutgoingPart("a@xdsi", "x/y", path=present), part])
+
+    async def drain() -> None:
+        async for _chunk in body:
+            pass
+
+    with pytest.raises(FileNotFoundError) as error:
+        asyncio.run(drain())
+    assert error.value.filename == str(gone)
