@@ -4,7 +4,9 @@
 Prints, for a generated 500-instance CT study (512x512, 16-bit, ~0.5 MB each):
 
 1. RAD-69 MB/s for the whole study in one request, stored syntax requested, and the service's
-   peak RSS (VmHWM of the ``xdsi serve`` process) during those retrieves;
+   peak RSS (VmHWM of the ``xdsi serve`` process) during those retrieves; then from disk (the
+   archive's files dropped from the page cache before each run: lines "b" do the same for
+   Orthanc's storage and the static file);
 2. the same with transcoding to JPEG Lossless SV1 (dcmcjpeg; JPEG-LS lossless when dcmtk is
    not installed, or another syntax given by --transcode);
 3. Orthanc's WADO-RS retrieve of the same study (if Orthanc is installed);
@@ -242,11 +244,27 @@ def check_rad69(head: bytes, study: Study, received: int, stored_syntax: bool) -
         raise SystemExit(f"RAD-69 sent {received} bytes for a {study.size}-byte study")
 
 
-def bench_rad69(client: httpx.Client, study: Study, syntax: str, runs: int) -> tuple[list[float], int]:
-    """MB/s of the stored study size, per run, and the bytes of the last answer."""
+def drop_cache(folder: Path) -> None:
+    """Ask the kernel to forget the cached pages of every file under ``folder``, so that the
+    next read comes from the disk (only these files; nothing else on the machine is touched)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def bench_rad69(client: httpx.Client, study: Study, syntax: str, runs: int,
+                cold: Path | None = None) -> tuple[list[float], int]:
+    """MB/s of the stored study size, per run, and the bytes of the last answer. ``cold``: the
+    folder whose cached pages are dropped before each run."""
     content_type, body = rad69_request(study, syntax)
     rates, received = [], 0
     for _ in range(runs):
+        if cold is not None:
+            drop_cache(cold)
         elapsed, received, head = download(client, "POST", f"http://127.0.0.1:{PORT_OURS}/xdsi/imaging-source",
                                            content=body, headers={"Content-Type": content_type})
         check_rad69(head, study, received, stored_syntax=syntax == EXPLICIT_LE)
@@ -254,9 +272,12 @@ def bench_rad69(client: httpx.Client, study: Study, syntax: str, runs: int) -> t
     return rates, received
 
 
-def bench_get(client: httpx.Client, url: str, size: int, runs: int, headers: dict | None = None) -> list[float]:
+def bench_get(client: httpx.Client, url: str, size: int, runs: int, headers: dict | None = None,
+              cold: Path | None = None) -> list[float]:
     rates = []
     for _ in range(runs):
+        if cold is not None:
+            drop_cache(cold)
         elapsed, received, _ = download(client, "GET", url, headers=headers or {})
         if received < size:
             raise SystemExit(f"GET {url} sent {received} bytes, expected at least {size}")
@@ -298,6 +319,10 @@ def bench_orthanc(scratch: Path, client: httpx.Client, study: Study, runs: int) 
                           study.size, runs, headers={"Accept": 'multipart/related; type="application/dicom"'})
         print(f"3. Orthanc WADO-RS whole study:     {rates_text(rates)}; Orthanc RSS {before:.0f} MB before, "
               f"peak {memory_mb(orthanc.pid):.0f} MB", flush=True)
+        rates = bench_get(client, f"http://127.0.0.1:{PORT_ORTHANC_HTTP}/dicom-web/studies/{study.study_uid}",
+                          study.size, runs, headers={"Accept": 'multipart/related; type="application/dicom"'},
+                          cold=storage)
+        print(f"3b. the same, from disk:            {rates_text(rates)}", flush=True)
     finally:
         stop(orthanc)
 
@@ -340,6 +365,8 @@ def bench_static(scratch: Path, client: httpx.Client, study: Study, runs: int) -
             wait_port(int(url.split(":")[2].split("/")[0]), process)
             print(f"4. static file, {name + ':':<21} {rates_text(bench_get(client, url, size, runs))}",
                   flush=True)
+        rates = bench_get(client, servers["python http.server"][1], size, runs, cold=static)
+        print(f"4b. http.server, from disk:         {rates_text(rates)}", flush=True)
     finally:
         for process, _ in servers.values():
             stop(process)
@@ -374,6 +401,8 @@ def run(count: int, small_count: int, runs: int, transcode_to: str) -> None:
                 rates, _ = bench_rad69(client, study, EXPLICIT_LE, runs)
                 print(f"1. RAD-69 stored syntax (ELE):      {rates_text(rates)}; service RSS {idle:.0f} MB idle, "
                       f"peak {memory_mb(service.pid):.0f} MB", flush=True)
+                rates, _ = bench_rad69(client, study, EXPLICIT_LE, runs, cold=data_dir)
+                print(f"1b. the same, from disk:            {rates_text(rates)}", flush=True)
 
                 reset_peak(service.pid)
                 rates, received = bench_rad69(client, study, transcode_to, runs)
