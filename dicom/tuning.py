@@ -19,6 +19,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 import weakref
 
 from pynetdicom.dimse_primitives import C_STORE
@@ -29,6 +30,9 @@ from pynetdicom.presentation import PresentationContext
 # then, with ``_wait_for_work``, it waits on its socket for at most DUL_IDLE_WAIT.
 DUL_POLL_SECONDS = 0.0
 DUL_IDLE_WAIT = 0.05
+# How often a thread waiting for the peer's next association PDU checks that the connection
+# still stands.
+RECEIVE_SLICE = 0.25
 # How long the association's reactor waits for the next request before its other checks
 # (release, abort, timeouts); a request arriving wakes it at once.
 REACTOR_WAIT_SECONDS = 0.002
@@ -42,6 +46,7 @@ def tune_association(event) -> None:
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     _wait_for_work(event.assoc.dul)
+    _give_up_when_the_connection_ends(event.assoc.dul)
     _wake_on_request(event.assoc.dimse, event.assoc.dul)
     _read_in_large_pieces(event.assoc.dul.socket)
     _answer_stores_quickly(event.assoc.dimse)
@@ -101,6 +106,34 @@ def _wait_for_work(dul) -> None:
     dul.kill_dul = kill_dul
     dul.stop_dul = stop_dul
     dul._run_loop_delay = DUL_POLL_SECONDS
+
+
+def _give_up_when_the_connection_ends(dul) -> None:
+    """An accepted connection first waits for the peer's A-ASSOCIATE-RQ, for up to the ACSE
+    timeout (30 s). When the peer closes it without sending one (a port probe, a load
+    balancer's health check, a scan), pynetdicom's transport thread ends at once, but the
+    association's thread still waits out the whole timeout. Here that wait is cut into short
+    slices, and ends as soon as the transport thread has."""
+    own_receive_pdu = getattr(dul, "receive_pdu", None)
+    if own_receive_pdu is None or not hasattr(dul, "is_alive"):
+        return
+
+    def receive_pdu(wait: bool = False, timeout: float | None = None):
+        if not wait:
+            return own_receive_pdu(wait=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = RECEIVE_SLICE if deadline is None else min(RECEIVE_SLICE,
+                                                              deadline - time.monotonic())
+            if left <= 0:
+                return None
+            primitive = own_receive_pdu(wait=True, timeout=left)
+            if primitive is not None:
+                return primitive
+            if not dul.is_alive():
+                return own_receive_pdu(wait=False)  # what it queued before it ended, if any
+
+    dul.receive_pdu = receive_pdu
 
 
 def _has_buffered_bytes(connection) -> bool:

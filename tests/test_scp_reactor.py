@@ -163,3 +163,32 @@ def test_transport_thread_waits_on_its_socket_and_is_woken_to_send(tmp_path, mon
     finally:
         server.stop()
     assert time.perf_counter() - start < 60
+
+
+def test_a_connection_closed_before_any_association_request_frees_its_thread(tmp_path):
+    """A port probe or a health check connects and closes: its association thread ends within
+    a second or so, not after the 30 s ACSE timeout."""
+    import socket
+
+    from dicom.scp import DicomServer
+    from tests.servers import free_port
+    from tests.test_archive import new_archive
+    from tests.test_scp import AE_TITLE, dcmtk
+
+    def waiting_threads() -> int:
+        return sum(thread.name.startswith("AcceptorThread") for thread in threading.enumerate())
+
+    server = DicomServer(new_archive(tmp_path / "archive"), ae_title=AE_TITLE, port=free_port())
+    server.start()
+    try:
+        before = waiting_threads()
+        for _ in range(5):
+            socket.create_connection(("127.0.0.1", server.port)).close()
+        deadline = time.monotonic() + 10
+        while waiting_threads() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting_threads() == before
+        assert time.monotonic() < deadline - 5  # gone well before any 30 s timeout
+        assert dcmtk("echoscu", server.port).returncode == 0  # and the server still answers
+    finally:
+        server.stop()
