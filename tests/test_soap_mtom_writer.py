@@ -256,17 +256,26 @@ def test_packed_writes_keep_every_byte_in_order_in_full_buffers_of_the_write_siz
         b"tail",
     ]
 
-    writes = [bytes(write) for write in _packed(pieces, size)]
+    writes = [bytes(write) for write in _packed(pieces, size, first=size)]
 
     assert b"".join(writes) == b"head" + stored.read_bytes() + b"12345tail"
     assert all(len(write) == size for write in writes[:-1])
     assert 0 < len(writes[-1]) <= size
 
 
+def test_packed_writes_start_small_and_double_up_to_the_write_size(tmp_path):
+    stored = tmp_path / "stored"
+    stored.write_bytes(os.urandom(5000))
+    writes = [bytes(w) for w in _packed([b"x" * 100, OutgoingPart("a@x", "x/y", path=stored)],
+                                        size=1024, first=128)]
+    assert [len(w) for w in writes] == [128, 256, 512] + [1024] * 4 + [5100 - 4992]
+    assert b"".join(writes) == b"x" * 100 + stored.read_bytes()
+
+
 def test_packed_writes_are_distinct_buffers_so_a_held_write_is_never_overwritten(tmp_path):
     path = tmp_path / "stored"
     path.write_bytes(bytes(range(256)) * 8)
-    writes = list(_packed([OutgoingPart("a@x", "x/y", path=path)], 256))
+    writes = list(_packed([OutgoingPart("a@x", "x/y", path=path)], 256, first=256))
     assert [bytes(write) for write in writes] == [bytes(range(256))] * 8
 
 
