@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
@@ -30,6 +31,8 @@ from pynetdicom.presentation import PresentationContext
 # then, with ``_wait_for_work``, it waits on its socket for at most DUL_IDLE_WAIT.
 DUL_POLL_SECONDS = 0.0
 DUL_IDLE_WAIT = 0.05
+# The first buffer of a PDU read (doubled as its bytes arrive).
+RECV_FIRST_BYTES = 1 << 20
 # How often a thread waiting for the peer's next association PDU checks that the connection
 # still stands.
 RECEIVE_SLICE = 0.25
@@ -70,6 +73,7 @@ def _wait_for_work(dul) -> None:
     wake_in, wake_out = socket.socketpair()
     wake_in.setblocking(False)
     wake_out.setblocking(False)
+    # Closed when the connection closes (below), or at the latest when the DUL is collected.
     weakref.finalize(dul, wake_in.close)
     weakref.finalize(dul, wake_out.close)
     own = {name: getattr(dul, name) for name in ("_is_transport_event", "send_pdu", "kill_dul",
@@ -98,14 +102,24 @@ def _wait_for_work(dul) -> None:
         wake()
 
     def stop_dul() -> bool:
+        # pynetdicom's stop_dul sets the kill flag, then waits for the thread to end; the
+        # flag is set here first, so that the wake-up finds it set (not a 50 ms wait).
+        if getattr(getattr(dul, "state_machine", None), "current_state", None) == "Sta1":
+            dul._kill_thread = True
         wake()
         return own["stop_dul"]()
+
+    def close_wake_up(_event) -> None:
+        wake_in.close()
+        wake_out.close()
 
     dul._is_transport_event = is_transport_event
     dul.send_pdu = send_pdu
     dul.kill_dul = kill_dul
     dul.stop_dul = stop_dul
     dul._run_loop_delay = DUL_POLL_SECONDS
+    if callable(getattr(getattr(dul, "assoc", None), "bind", None)):
+        dul.assoc.bind(evt.EVT_CONN_CLOSE, close_wake_up)
 
 
 def _give_up_when_the_connection_ends(dul) -> None:
@@ -119,8 +133,8 @@ def _give_up_when_the_connection_ends(dul) -> None:
         return
 
     def receive_pdu(wait: bool = False, timeout: float | None = None):
-        if not wait:
-            return own_receive_pdu(wait=False)
+        if not wait or (timeout is not None and timeout <= RECEIVE_SLICE):
+            return own_receive_pdu(wait=wait, timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = RECEIVE_SLICE if deadline is None else min(RECEIVE_SLICE,
@@ -168,20 +182,25 @@ def copy_contexts_cheaply(server) -> None:
 def _read_in_large_pieces(transport) -> None:
     """pynetdicom reads a PDU from the socket 4 KB at a time, each piece appended to the last:
     some 130 calls for one 0.5 MB image. Here each call takes all the kernel holds, straight
-    into a buffer of the PDU's size. Same result: the bytes asked for, or fewer when the
-    connection closed."""
+    into the buffer. Same result: the bytes asked for, or fewer when the connection closed.
+
+    The length asked for comes from the peer's PDU header (up to 4 GiB, before any
+    association exists), so the buffer starts at RECV_FIRST_BYTES at most and doubles only as
+    bytes really arrive: memory follows what was sent, never what was announced."""
     if transport is None or not callable(getattr(transport, "recv", None)):
         return
 
     def recv(nr_bytes: int) -> bytearray:
-        received = bytearray(nr_bytes)
+        received = bytearray(min(nr_bytes, RECV_FIRST_BYTES))
         nr_read = 0
-        with memoryview(received) as view:
-            while nr_read < nr_bytes:
+        while nr_read < nr_bytes:
+            if nr_read == len(received):
+                received.extend(bytes(min(nr_bytes - nr_read, len(received))))
+            with memoryview(received) as view:
                 count = transport.socket.recv_into(view[nr_read:])
-                if not count:
-                    break
-                nr_read += count
+            if not count:
+                break
+            nr_read += count
         del received[nr_read:]
         return received
 

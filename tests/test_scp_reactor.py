@@ -5,6 +5,7 @@ plain C-STORE response is encoded byte for byte as pynetdicom encodes it."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -89,6 +90,39 @@ def test_pdu_read_in_large_pieces_returns_what_was_asked_or_what_came_before_clo
     theirs.close()
     assert transport.recv(100) == bytearray(b"rest")  # the peer closed after 4 bytes
     ours.close()
+
+
+def test_pdu_read_memory_follows_the_bytes_sent_not_the_length_announced():
+    """A PDU header may announce up to 4 GiB before any association exists: a peer that sends
+    a few bytes and stops must not make us allocate what it announced."""
+    import socket
+    import tracemalloc
+
+    from dicom.tuning import RECV_FIRST_BYTES, _read_in_large_pieces
+
+    class _Transport:
+        def __init__(self, sock):
+            self.socket = sock
+
+        def recv(self, nr_bytes):
+            raise AssertionError("not replaced")
+
+    ours, theirs = socket.socketpair()
+    transport = _Transport(ours)
+    _read_in_large_pieces(transport)
+    payload = os.urandom(3 * RECV_FIRST_BYTES + 5)
+    sender = threading.Thread(target=lambda: (theirs.sendall(payload), theirs.close()))
+    tracemalloc.start()
+    try:
+        sender.start()
+        received = transport.recv(2**31)  # announced 2 GiB, sent 3 MiB and closed
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        sender.join()
+        ours.close()
+    assert received == bytearray(payload)
+    assert peak < 4 * len(payload), f"{peak / 1e6:.0f} MB for {len(payload) / 1e6:.0f} MB received"
 
 
 def _c_store_response(status: int, message_id: int = 7, **fields) -> C_STORE:
