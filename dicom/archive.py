@@ -20,6 +20,7 @@ Safe to share between threads; several processes may share one database and blob
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
@@ -71,6 +72,7 @@ _COUNT_INSTANCE = index.study.update().where(index.study.c.id == sa.bindparam("s
 # and indexes, and the storing thread waits for it only where durability must come first.
 _flusher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archive-fsync")
 CACHED_HEAD = 1 << 16  # bytes of a stored file left in the page cache (see _release_cache)
+CACHE_RELEASE_WAIT = 60.0  # seconds; a file still being hashed after that keeps its cache
 
 
 class StoreOutcome(str, enum.Enum):
@@ -98,17 +100,20 @@ class _Spooled:
     sha1: str = ""
     facts: Facts | None = None  # read from the first chunk on the way, when it holds them
     flushed: Future | None = None
+    inode: int = 0  # tells our file from a concurrent store's at the same key
 
     def wait_durable(self) -> None:
         if self.flushed is not None:
             self.flushed.result()
 
 
-def _flush_and_close(fd: int) -> None:
-    """fsync a duplicated descriptor of a landed file, release its cache, and close it."""
+def _flush_and_close(fd: int, hashed: threading.Event) -> None:
+    """fsync a duplicated descriptor of a landed file, release its cache once it is hashed
+    (not under the hash's feet), and close it."""
     try:
         os.fsync(fd)
-        _release_cache(fd)
+        if hashed.wait(CACHE_RELEASE_WAIT):
+            _release_cache(fd)
     finally:
         os.close(fd)
 
@@ -187,7 +192,7 @@ class Archive:
                 return StoreReceipt(StoreOutcome.INVALID, source.sop_instance_uid,
                                     detail=str(exc))
             finally:
-                spooled.path.unlink(missing_ok=True)  # already gone once moved into place
+                spooled.path.unlink(missing_ok=True)  # once placed, the key is the file's name
         finally:
             if adopt:
                 Path(path).unlink(missing_ok=True)
@@ -210,16 +215,27 @@ class Archive:
         a descriptor of its own, so closing ours or renaming the file does not disturb it)."""
         spooled = _Spooled(path)
         data_set_hash = hashlib.sha1()
+        hashed = threading.Event()
         with open(path, "rb") as f:
-            spooled.flushed = _flusher.submit(_flush_and_close, os.dup(f.fileno()))
-            f.seek(source.offset)
-            first = True
-            for chunk in iter(lambda: f.read(part10.CHUNK), b""):
-                if first:
-                    spooled.facts = _facts_from_head(chunk, source, len(chunk) < part10.CHUNK)
-                    first = False
-                data_set_hash.update(chunk)
-                spooled.size += len(chunk)
+            spooled.inode = os.fstat(f.fileno()).st_ino
+            descriptor = os.dup(f.fileno())
+            try:
+                spooled.flushed = _flusher.submit(_flush_and_close, descriptor, hashed)
+            except BaseException:  # no worker will close it
+                os.close(descriptor)
+                raise
+            try:
+                f.seek(source.offset)
+                first = True
+                for chunk in iter(lambda: f.read(part10.CHUNK), b""):
+                    if first:
+                        spooled.facts = _facts_from_head(chunk, source,
+                                                         len(chunk) < part10.CHUNK)
+                        first = False
+                    data_set_hash.update(chunk)
+                    spooled.size += len(chunk)
+            finally:
+                hashed.set()
         spooled.size += source.offset
         spooled.sha1 = data_set_hash.hexdigest()
         return spooled
@@ -250,6 +266,7 @@ class Archive:
                 out.flush()
                 os.fsync(out.fileno())
                 _release_cache(out.fileno())
+                spooled.inode = os.fstat(out.fileno()).st_ino
         except BaseException:
             spooled.path.unlink(missing_ok=True)
             raise
@@ -283,7 +300,7 @@ class Archive:
                     existing = self._existing(connection, sop_uid)
                     if existing is None:
                         if not placed:
-                            self.blobstore.move_into_place(spool.path, key)
+                            self._put_in_place(spool, key)
                             folder_synced = _flusher.submit(self.blobstore.sync_folder, key)
                             facts.instance["blob_key"] = key
                             placed = True
@@ -302,14 +319,25 @@ class Archive:
             return self._repeat(existing, facts)
         raise RuntimeError(f"could not index instance {sop_uid} after {RETRIES} attempts")
 
+    def _put_in_place(self, spool: _Spooled, key: str) -> None:
+        """Give the spool its key, while its fsync may still run. A file already at that key
+        (the same bytes, from a store of the same instance running beside this one) may be
+        what that store's row will name: it is replaced only by a copy already on disk."""
+        if not self.blobstore.link_into_place(spool.path, key):
+            spool.wait_durable()
+            self.blobstore.move_into_place(spool.path, key)
+
     def _wait_durable(self, spool: _Spooled, folder_synced: Future, key: str) -> None:
         """Before the commit: a row names only a file whose bytes and name are durable. When
-        the disk failed, the file goes (no row will name it) and the error is the caller's."""
+        the disk failed, our file goes (no row will name it; a concurrent store's file at the
+        same key stays) and the error is the caller's."""
         try:
             spool.wait_durable()
             folder_synced.result()
         except OSError:
-            self.blobstore.delete(key)
+            with contextlib.suppress(FileNotFoundError):
+                if self.blobstore.path(key).stat().st_ino == spool.inode:
+                    self.blobstore.delete(key)
             raise
 
     @staticmethod

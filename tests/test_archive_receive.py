@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import hashlib
 import os
 import struct
 import threading
@@ -152,7 +153,7 @@ def test_landed_file_is_indexed_only_once_its_fsync_returned(archive, tmp_path, 
     source = small_instance(tmp_path / "a.dcm")
     landed, header = _landed(archive, source)
 
-    def failing_disk(fd):
+    def failing_disk(fd, _hashed):
         os.close(fd)
         raise OSError(errno.EIO, "Input/output error")
 
@@ -168,10 +169,10 @@ def test_landed_file_is_indexed_only_once_its_fsync_returned(archive, tmp_path, 
     released, started = threading.Event(), threading.Event()
     own_flush = archive_module._flush_and_close
 
-    def slow_disk(fd):
+    def slow_disk(fd, hashed):
         started.set()
         released.wait(10)
-        own_flush(fd)
+        own_flush(fd, hashed)
 
     monkeypatch.setattr(archive_module, "_flush_and_close", slow_disk)
     landed, _ = _landed(archive, source)
@@ -193,9 +194,9 @@ def test_a_duplicate_does_not_wait_for_its_landed_copy_to_reach_the_disk(archive
     released = threading.Event()
     own_flush = archive_module._flush_and_close
 
-    def held_disk(fd):
+    def held_disk(fd, hashed):
         released.wait(10)
-        own_flush(fd)
+        own_flush(fd, hashed)
 
     monkeypatch.setattr(archive_module, "_flush_and_close", held_disk)
     again, _ = _landed(archive, source, "c-store-again.dcm")
@@ -204,3 +205,64 @@ def test_a_duplicate_does_not_wait_for_its_landed_copy_to_reach_the_disk(archive
     finally:
         released.set()
     assert list(archive.landing_folder.iterdir()) == []
+
+
+def _blob_key_of(archive, source) -> str:
+    """The key the archive gives this instance's bytes (as ``_place`` makes it)."""
+    header = dcmread(source, stop_before_pixels=True)
+    sha1 = hashlib.sha1(data_set_bytes(source)).hexdigest()
+    return (f"dicom/{header.StudyInstanceUID}/{header.SeriesInstanceUID}/"
+            f"{header.SOPInstanceUID}.{sha1[:16]}.dcm")
+
+
+def test_a_file_another_store_put_at_the_key_is_replaced_only_by_a_copy_on_disk(
+        archive, tmp_path, monkeypatch):
+    """Two stores of the same instance at once: the second finds the first one's file at the
+    key (maybe not yet fsynced, maybe about to be named by the first one's row). It takes that
+    place only once its own copy is durable."""
+    source = small_instance(tmp_path / "a.dcm")
+    key = _blob_key_of(archive, source)
+    other = archive.blobstore.path(key)
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_bytes(b"the other store's file")
+    other_inode = other.stat().st_ino
+
+    released, started = threading.Event(), threading.Event()
+    own_flush = archive_module._flush_and_close
+
+    def slow_disk(fd, hashed):
+        started.set()
+        released.wait(10)
+        own_flush(fd, hashed)
+
+    monkeypatch.setattr(archive_module, "_flush_and_close", slow_disk)
+    landed, _ = _landed(archive, source)
+    storing = concurrent.futures.ThreadPoolExecutor(1).submit(archive.receive, landed, adopt=True)
+    assert started.wait(10)
+    time.sleep(0.2)
+    assert other.stat().st_ino == other_inode  # not replaced while ours is not on disk
+    released.set()
+    assert storing.result(10).outcome.value == "stored"
+    assert archive.blobstore.path(key).stat().st_ino != other_inode
+    assert archive.blobstore.path(key).read_bytes().endswith(data_set_bytes(source))
+
+
+def test_a_failed_fsync_removes_only_our_own_file_from_the_key(archive, tmp_path):
+    key = "dicom/1.2/1.2.3/1.2.3.4.0123456789abcdef.dcm"
+    theirs = archive.blobstore.path(key)
+    theirs.parent.mkdir(parents=True, exist_ok=True)
+    theirs.write_bytes(b"a concurrent store's file")
+
+    failed = concurrent.futures.Future()
+    failed.set_exception(OSError(errno.EIO, "Input/output error"))
+    synced = concurrent.futures.Future()
+    synced.set_result(None)
+    ours = archive_module._Spooled(tmp_path / "ours", flushed=failed, inode=theirs.stat().st_ino + 1)
+    with pytest.raises(OSError):
+        archive._wait_durable(ours, synced, key)
+    assert theirs.exists()
+
+    ours.inode = theirs.stat().st_ino
+    with pytest.raises(OSError):
+        archive._wait_durable(ours, synced, key)
+    assert not theirs.exists()

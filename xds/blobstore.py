@@ -54,13 +54,40 @@ class FileBlobStore:
     def move_into_place(self, path: str | os.PathLike, key: str) -> None:
         """``adopt`` without its last step: the new name is durable only after ``sync_folder``.
         For callers with other work to do while the folder is flushed."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self._folder_for(key)
         os.replace(path, target)
+
+    def link_into_place(self, path: str | os.PathLike, key: str) -> bool:
+        """Give the file at ``path`` the name ``key`` too, unless ``key`` exists (False). Never
+        replaces a file, so a file not yet fsynced can be placed without taking the place of
+        one that is. The name is durable only after ``sync_folder``."""
+        try:
+            os.link(path, self._folder_for(key))
+        except FileExistsError:
+            return False
+        return True
 
     def sync_folder(self, key: str) -> None:
         """Make the names in the folder of ``key`` durable (fsync of the folder)."""
         _fsync_dir(self.path(key).parent)
+
+    def _folder_for(self, key: str) -> Path:
+        """The path of ``key``, its folders made. A folder made here is made durable in its
+        parent at once (new studies and series are rare), so that a durable file name never
+        sits in a folder that could itself vanish in a power cut."""
+        target = self.path(key)
+        missing = []
+        folder = target.parent
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:  # made by a concurrent writer: synced here all the same
+                pass
+            _fsync_dir(folder.parent)
+        return target
 
     def put_file(self, source: str | os.PathLike, key: str) -> tuple[str, int]:
         """Copy a file into the store; returns (sha1, size)."""
