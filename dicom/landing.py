@@ -21,8 +21,8 @@ Creating a file can cost the file system 0.3 to 0.7 ms (measured on ext4 on a vi
 and pynetdicom creates the landing file only once the C-STORE request has arrived: on the path
 of every instance, between the sender's request and our answer. So a background thread keeps a
 couple of empty landing files ready in each registered folder, and a data set lands in one of
-those. Landing files an earlier process left behind (it stopped mid-store, or was killed) are
-removed when an AE registers the folder, once they are an hour old.
+those. Landing files left behind (a store cut short by an abort, a process killed) are removed
+once they are an hour old: when an AE registers the folder, and every ten idle minutes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ _serial = itertools.count()
 
 READY_FILES = 2  # per landing folder; more only matters for many simultaneous associations
 LEFTOVER_AGE_SECONDS = 3600  # a landing file this old belongs to no running store
+SWEEP_INTERVAL_SECONDS = 600  # while no file is taken, the folder is swept this often
 
 # The attribute that marks a landing file, with the requester's AE title as its value.
 _SOURCE_AE = "_landing_source_ae_title"
@@ -107,10 +109,11 @@ class ReadyFiles:
                 return
 
     def _create(self) -> Path:
-        # The process id and a counter make each name unique for good: pynetdicom unlinks the
-        # old name after the handler ran, when the archive has already renamed the file away.
+        # Each name is unique for good, also between processes sharing the folder (in
+        # containers they may all be process 1): pynetdicom unlinks the old name after the
+        # handler ran, when the archive has already taken the file away under its key.
         while True:
-            path = self.folder / f"c-store-{os.getpid()}-{next(_serial)}.dcm"
+            path = self.folder / f"c-store-{os.getpid()}-{next(_serial)}-{secrets.token_hex(6)}.dcm"
             try:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 return path
@@ -119,7 +122,11 @@ class ReadyFiles:
 
     def _fill(self) -> None:
         while True:
-            self._room.acquire()
+            if not self._room.acquire(timeout=SWEEP_INTERVAL_SECONDS):
+                # Idle: a good time to remove what stores cut short (an abort mid-data set)
+                # left behind.
+                sweep(self.folder)
+                continue
             if self._stopped:
                 return
             try:

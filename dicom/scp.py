@@ -162,8 +162,13 @@ class DicomServer:
         _use_chunked_receive(True)
         if self._landing_folder is not None:
             landing.register(self.ae, self._landing_folder)
-        self._server = self.ae.start_server((self.host, self.port), block=False,
-                                            evt_handlers=self._handlers())
+        try:
+            self._server = self.ae.start_server((self.host, self.port), block=False,
+                                                evt_handlers=self._handlers())
+        except BaseException:  # the port is taken, say: leave nothing running behind
+            landing.unregister(self.ae)
+            _use_chunked_receive(False)
+            raise
         tuning.copy_contexts_cheaply(self._server)
         log.info("DICOM AE %s listening on %s:%d", self.ae_title, self.host, self.port)
 

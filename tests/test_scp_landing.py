@@ -152,3 +152,20 @@ def test_landing_files_left_by_an_earlier_run_are_swept_when_the_server_starts(t
 
     assert not old.exists()
     assert recent.exists() and unrelated.exists()  # maybe still being written; not a landing file
+
+
+def test_a_server_that_cannot_listen_leaves_nothing_running(tmp_path):
+    import socket
+
+    from dicom.scp import DicomServer
+
+    archive = new_archive(tmp_path / "archive")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = DicomServer(archive, ae_title=AE_TITLE, port=taken.getsockname()[1])
+        with pytest.raises(OSError):
+            server.start()
+    assert dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
+    assert not _config.STORE_RECV_CHUNKED_DATASET
+    assert list(archive.landing_folder.iterdir()) == []
