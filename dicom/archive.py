@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import sqlalchemy as sa
 from pydicom import dcmread
@@ -49,6 +49,9 @@ from dicom.records import (
     instance_query,
     study_query,
 )
+
+if TYPE_CHECKING:
+    from dicom.landing import Landed
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +163,14 @@ class Archive:
     def receive(self, path: str | Path, *, transfer_syntax_uid: str | None = None,
                 is_part10: bool = True, source_ae_title: str | None = None,
                 expected_sop_instance_uid: str | None = None,
-                adopt: bool = False) -> StoreReceipt:
+                adopt: bool = False, landed: Landed | None = None) -> StoreReceipt:
         """``store`` with the UIDs and a reason: what the C-STORE SCP needs to answer.
 
         ``adopt``: the file is in this archive's ``landing_folder`` and the archive takes it
         over: it is moved into place or removed, whatever the outcome. When its File Meta
         Information is ours (written by ``part10.file_meta_bytes``) it is archived as it is,
-        without a copy; otherwise it is copied behind our meta header like any other file."""
+        without a copy; otherwise it is copied behind our meta header like any other file.
+        ``landed``: its data set's hash and index values, already computed as it landed."""
         if not is_part10 and not transfer_syntax_uid:
             raise ValueError("a bare data set needs its transfer_syntax_uid")
         try:
@@ -179,7 +183,7 @@ class Archive:
                 return StoreReceipt(StoreOutcome.INVALID, detail="no SOP Class or Instance UID")
 
             if adopt and self._archivable_as_is(path, source, transfer_syntax_uid):
-                spooled = self._seal(Path(path), source)
+                spooled = self._seal(Path(path), source, landed)
             else:
                 spooled = self._spool(path, source, source_ae_title)
             try:
@@ -209,21 +213,29 @@ class Archive:
                 and transfer_syntax_uid is None
                 and Path(path).parent.resolve() == self.landing_folder.resolve())
 
-    def _seal(self, path: Path, source: part10.Source) -> _Spooled:
+    def _seal(self, path: Path, source: part10.Source, landed: Landed | None) -> _Spooled:
         """Take a landed Part 10 file as the spool: hash its data set bytes and read the index
-        values from its first chunk, while the disk writes it back (fsync in ``_flusher``, on
-        a descriptor of its own, so closing ours or renaming the file does not disturb it)."""
+        values from its first chunk (or take them from ``landed``), while the disk writes it
+        back (fsync in ``_flusher``, on a descriptor of its own, so closing ours or renaming
+        the file does not disturb it)."""
         spooled = _Spooled(path)
-        data_set_hash = hashlib.sha1()
         hashed = threading.Event()
         with open(path, "rb") as f:
-            spooled.inode = os.fstat(f.fileno()).st_ino
+            status = os.fstat(f.fileno())
+            spooled.inode = status.st_ino
             descriptor = os.dup(f.fileno())
             try:
                 spooled.flushed = _flusher.submit(_flush_and_close, descriptor, hashed)
             except BaseException:  # no worker will close it
                 os.close(descriptor)
                 raise
+            if landed is not None and status.st_size == source.offset + landed.size:
+                hashed.set()
+                spooled.size, spooled.sha1 = status.st_size, landed.sha1
+                spooled.facts = _facts_from_head(landed.head, source,
+                                                 whole=landed.size == len(landed.head))
+                return spooled
+            data_set_hash = hashlib.sha1()
             try:
                 f.seek(source.offset)
                 first = True

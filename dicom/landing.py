@@ -10,7 +10,7 @@ the two names its DIMSE message decoder calls for them (``dimse_messages.NamedTe
 and ``dimse_messages.write_file_meta_info``). For an association accepted by a registered AE,
 the file is created in that AE's landing folder (the archive's ``landing_folder``, on the blob
 store's file system) and gets the meta header ``part10.file_meta_bytes`` writes, naming the
-requester's AE title; the archive then fsyncs it and renames it into place (``adopt=True``).
+requester's AE title; the archive then fsyncs it and gives it its key (``adopt=True``).
 Every other association, and any pynetdicom whose decoder no longer has these names, gets
 pynetdicom's own behaviour, which the archive handles by copying.
 
@@ -23,11 +23,18 @@ of every instance, between the sender's request and our answer. So a background 
 couple of empty landing files ready in each registered folder, and a data set lands in one of
 those. Landing files left behind (a store cut short by an abort, a process killed) are removed
 once they are an hour old: when an AE registers the folder, and every ten idle minutes.
+
+The archive needs the data set's SHA-1 and its index values. Read back from the file once it
+was complete, they cost the C-STORE handler about 0.8 ms of a 0.5 MB instance, while the sender
+waits for our answer. So each fragment is hashed as it is written, and the data set's first
+bytes are kept (``Landed``): the handler reads nothing again. (A thread of its own for the hash
+gained nothing: handing it the fragments cost the transport thread as much as hashing them.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
@@ -35,6 +42,8 @@ import queue
 import secrets
 import threading
 import time
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import NamedTemporaryFile
 
@@ -53,6 +62,9 @@ _serial = itertools.count()
 READY_FILES = 2  # per landing folder; more only matters for many simultaneous associations
 LEFTOVER_AGE_SECONDS = 3600  # a landing file this old belongs to no running store
 SWEEP_INTERVAL_SECONDS = 600  # while no file is taken, the folder is swept this often
+HEAD_BYTES = 1 << 16  # of a data set's start, kept for its index values
+
+_digests: weakref.WeakValueDictionary[str, DataSetDigest] = weakref.WeakValueDictionary()
 
 # The attribute that marks a landing file, with the requester's AE title as its value.
 _SOURCE_AE = "_landing_source_ae_title"
@@ -62,24 +74,79 @@ class LandingFile:
     """A landing file, with what pynetdicom uses of its ``NamedTemporaryFile``: ``name``,
     ``write``, ``file.flush`` and ``close`` (it unlinks the name itself afterwards)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, descriptor: int):
         self.name = str(path)
-        self.file = open(path, "r+b")  # noqa: SIM115 -- pynetdicom closes it
+        self.file = open(descriptor, "r+b")  # noqa: SIM115 -- pynetdicom closes it
+        self.digest: DataSetDigest | None = None  # from the end of our meta header on
+
+    @classmethod
+    def create(cls, folder: Path) -> LandingFile:
+        # Each name is unique for good, also between processes sharing the folder (in
+        # containers they may all be process 1): pynetdicom unlinks the old name after the
+        # handler ran, when the archive has already taken the file away under its key.
+        while True:
+            path = folder / f"c-store-{os.getpid()}-{next(_serial)}-{secrets.token_hex(6)}.dcm"
+            try:
+                return cls(path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:  # left by an earlier process with the same id
+                continue
+
+    def is_linked(self) -> bool:
+        """False once a clean-up (of another process sharing the folder) removed its name."""
+        return os.fstat(self.file.fileno()).st_nlink > 0
 
     def write(self, data: bytes) -> int:
-        return self.file.write(data)
+        written = self.file.write(data)
+        if self.digest is not None:
+            self.digest.feed(data)
+        return written
 
     def close(self) -> None:
         self.file.close()
 
 
+@dataclass(frozen=True)
+class Landed:
+    """A landed data set (the bytes after the meta header): hash, size and first bytes."""
+
+    sha1: str
+    size: int
+    head: bytes  # the first HEAD_BYTES, or all of a smaller data set
+
+
+class DataSetDigest:
+    """Hash, size and first bytes of a data set, from the fragments ``feed`` gets in order."""
+
+    def __init__(self):
+        self._sha1 = hashlib.sha1()
+        self._size = 0
+        self._head = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._sha1.update(data)
+        self._size += len(data)
+        if len(self._head) < HEAD_BYTES:
+            self._head += data[:HEAD_BYTES - len(self._head)]
+
+    def result(self) -> Landed:
+        return Landed(self._sha1.hexdigest(), self._size, bytes(self._head))
+
+
+def landed(path: str | os.PathLike) -> Landed | None:
+    """The digest of the data set landed at ``path``, once complete; None when there is none
+    (not a landing file, or its meta header was not ours)."""
+    digest = _digests.get(str(path))
+    return digest.result() if digest is not None else None
+
+
 class ReadyFiles:
-    """Empty files in ``folder``, at most ``depth``, created ahead of need by a background
-    thread."""
+    """Empty landing files in ``folder``, at most ``depth``, created and opened ahead of need
+    by a background thread (opening costs the transport thread too: 0.1 ms or more while the
+    disk is busy syncing)."""
 
     def __init__(self, folder: Path, depth: int = READY_FILES):
         self.folder = Path(folder)
-        self._ready: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[LandingFile] = queue.SimpleQueue()
         self._room = threading.Semaphore(depth)
         self._stopped = False
         self._filler = threading.Thread(target=self._fill, name="landing-files", daemon=True)
@@ -87,50 +154,46 @@ class ReadyFiles:
 
     def take(self) -> LandingFile:
         """A ready file, or a new one when none is ready (or a clean-up removed it)."""
-        try:
-            path = self._ready.get_nowait()
-        except queue.Empty:
-            return LandingFile(self._create())
-        self._room.release()
-        try:
-            return LandingFile(path)
-        except FileNotFoundError:
-            return LandingFile(self._create())
+        while True:
+            try:
+                landing = self._ready.get_nowait()
+            except queue.Empty:
+                return LandingFile.create(self.folder)
+            self._room.release()
+            if landing.is_linked():
+                return landing
+            landing.close()
 
     def close(self) -> None:
         """Stop the filler and remove the files nobody took."""
         self._stopped = True
         self._room.release()  # wakes the filler if it waits for room
         self._filler.join()
+        self._drop_ready()
+
+    def _drop_ready(self) -> None:
         while True:
             try:
-                self._ready.get_nowait().unlink(missing_ok=True)
+                landing = self._ready.get_nowait()
             except queue.Empty:
                 return
-
-    def _create(self) -> Path:
-        # Each name is unique for good, also between processes sharing the folder (in
-        # containers they may all be process 1): pynetdicom unlinks the old name after the
-        # handler ran, when the archive has already taken the file away under its key.
-        while True:
-            path = self.folder / f"c-store-{os.getpid()}-{next(_serial)}-{secrets.token_hex(6)}.dcm"
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-                return path
-            except FileExistsError:  # left by an earlier process with the same id
-                continue
+            self._room.release()
+            landing.close()
+            Path(landing.name).unlink(missing_ok=True)
 
     def _fill(self) -> None:
         while True:
             if not self._room.acquire(timeout=SWEEP_INTERVAL_SECONDS):
                 # Idle: a good time to remove what stores cut short (an abort mid-data set)
-                # left behind.
+                # left behind. The ready files are made anew first, so that no sweep (ours or
+                # another process's) finds them an hour old.
+                self._drop_ready()
                 sweep(self.folder)
                 continue
             if self._stopped:
                 return
             try:
-                self._ready.put(self._create())
+                self._ready.put(LandingFile.create(self.folder))
             except OSError as exc:  # ``take`` creates its files itself from now on
                 log.warning("landing folder %s: no file made ready (%s)", self.folder, exc)
                 return
@@ -210,3 +273,4 @@ def _write_file_meta_info(fp, file_meta, *args, **kwargs) -> None:
                                   str(file_meta.MediaStorageSOPInstanceUID),
                                   str(file_meta.TransferSyntaxUID), source_ae_title)
     fp.write(meta[len(part10.PREAMBLE):])
+    fp.digest = _digests[fp.name] = DataSetDigest()

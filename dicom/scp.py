@@ -221,7 +221,8 @@ class DicomServer:
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID)
         path = Path(event.dataset_path)
-        landed = {"adopt": True} if path.parent == self._landing_folder else {}
+        landed = ({"adopt": True, "landed": landing.landed(path)}
+                  if path.parent == self._landing_folder else {})
         try:
             receipt = self.archive.receive(
                 path, is_part10=True, source_ae_title=event.assoc.requestor.ae_title,

@@ -266,3 +266,42 @@ def test_a_failed_fsync_removes_only_our_own_file_from_the_key(archive, tmp_path
     with pytest.raises(OSError):
         archive._wait_durable(ours, synced, key)
     assert not theirs.exists()
+
+
+def test_a_landed_digest_spares_reading_the_file_again(archive, tmp_path, monkeypatch):
+    """What the SCP hashed as the data set landed is what the archive records."""
+    from dicom.landing import DataSetDigest
+
+    source = small_instance(tmp_path / "a.dcm")
+    path, header = _landed(archive, source)
+    digest = DataSetDigest()
+    data_set = data_set_bytes(source)
+    for start in range(0, len(data_set), 100):  # as fragments arrive
+        digest.feed(data_set[start:start + 100])
+    expected = hashlib.sha1(data_set).hexdigest()
+
+    def no_read(*_args, **_kwargs):
+        raise AssertionError("the data set was read again")
+
+    monkeypatch.setattr(archive_module.hashlib, "sha1", no_read)  # hashlib's own, for the call
+    receipt = archive.receive(path, adopt=True, landed=digest.result())
+    assert receipt.outcome.value == "stored"
+    record = archive.instance(header.SOPInstanceUID)
+    assert record.sha1 == expected
+    assert record.size == archive.blobstore.size(record.blob_key)
+    assert record.study_instance_uid == header.StudyInstanceUID
+
+
+def test_a_landed_digest_that_does_not_fit_the_file_is_not_trusted(archive, tmp_path):
+    """A digest of fewer bytes than the file holds (something else wrote to it): the archive
+    hashes the file itself."""
+    from dicom.landing import DataSetDigest
+
+    source = small_instance(tmp_path / "a.dcm")
+    path, header = _landed(archive, source)
+    digest = DataSetDigest()
+    digest.feed(b"not the data set")
+
+    assert archive.receive(path, adopt=True, landed=digest.result()).outcome.value == "stored"
+    assert archive.instance(header.SOPInstanceUID).sha1 == \
+        hashlib.sha1(data_set_bytes(source)).hexdigest()

@@ -3,6 +3,7 @@ File Meta, then renamed into place; other AEs in the process keep pynetdicom's b
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -169,3 +170,60 @@ def test_a_server_that_cannot_listen_leaves_nothing_running(tmp_path):
     assert dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
     assert not _config.STORE_RECV_CHUNKED_DATASET
     assert list(archive.landing_folder.iterdir()) == []
+
+
+def test_each_landed_data_set_comes_with_its_digest(running, tmp_path, monkeypatch):
+    """The SCP hands the archive the hash it computed while the data set landed, and that hash
+    is the one of the data set bytes stored."""
+    archive = running.archive
+    digests = []
+    receive = archive.receive
+
+    def spy(path, **kwargs):
+        digests.append(kwargs.get("landed"))
+        return receive(path, **kwargs)
+
+    monkeypatch.setattr(archive, "receive", spy)
+    folder = tmp_path / "send"
+    folder.mkdir()
+    sources = [small_instance(folder / "small.dcm")]
+    # And one over many PDUs (at most 16 KB each), longer than the head kept.
+    large = dcmread(small_instance(folder / "large.dcm"))
+    large.Rows = large.Columns = 512
+    large.PixelData = os.urandom(512 * 512)
+    large.save_as(folder / "large.dcm")
+    sources.append(folder / "large.dcm")
+    assert storescu(running.port, folder, options=("--max-send-pdu", "16384")).returncode == 0
+
+    assert len(digests) == 2 and None not in digests
+    expected = {hashlib.sha1(data_set_bytes(source)).hexdigest() for source in sources}
+    assert {digest.sha1 for digest in digests} == expected
+    stored = {archive.instance(dcmread(source, stop_before_pixels=True).SOPInstanceUID).sha1
+              for source in sources}
+    assert stored == expected
+    assert {len(digest.head) for digest in digests} == \
+        {len(data_set_bytes(sources[0])), landing.HEAD_BYTES}
+
+
+def test_idle_ready_files_are_made_anew_so_that_no_sweep_takes_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(landing, "SWEEP_INTERVAL_SECONDS", 0.2)
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    ready = landing.ReadyFiles(folder)
+    try:
+        deadline = time.monotonic() + 10
+        while len(list(folder.iterdir())) < landing.READY_FILES:
+            assert time.monotonic() < deadline, "no landing file was made ready"
+            time.sleep(0.01)
+        first = {path.name for path in folder.iterdir()}
+        while first & {path.name for path in folder.iterdir()}:
+            assert time.monotonic() < deadline, "the idle ready files were kept"
+            time.sleep(0.05)
+        while len(list(folder.iterdir())) < landing.READY_FILES:
+            assert time.monotonic() < deadline, "no new landing file was made ready"
+            time.sleep(0.01)
+        taken = ready.take()
+        assert taken.is_linked()
+        taken.close()
+    finally:
+        ready.close()
