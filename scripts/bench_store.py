@@ -2,7 +2,11 @@
 
 Generates a 500-instance CT study (512x512, 16-bit, ~0.5 MB each) in a temporary folder and
 times ``storescu`` sending it to each receiver, printing instances/s and our SCP's peak RSS,
-and the time per instance when each instance comes on an association of its own.
+and the time per instance when each instance comes on an association of its own. Also the
+disk's own rate for the same files written and fsynced one by one: our SCP answers each
+instance only once it is on disk, and storescu waits for each answer, so that rate bounds ours
+(storescp answers before its files reach the disk; Orthanc fsyncs each file, its
+SyncStorageArea being on by default, but not the file's folder).
 
 storescp and Orthanc listen on every interface, so the whole run happens inside a private
 network namespace whose only interface is loopback (``unshare --net``, run as root); this
@@ -152,7 +156,7 @@ def run(count: int, runs: int) -> None:
         print(f"study: {count} CT instances, {size / 1e6:.0f} MB", flush=True)
 
         rates: dict[str, list[float]] = {"ours": [], "dup": [], "unsynced": [], "storescp": [],
-                                         "orthanc": []}
+                                         "orthanc": [], "floor": []}
         per_association: dict[str, list[float]] = {"ours": [], "storescp": [], "orthanc": []}
         peaks = []
         for round_number in range(runs):
@@ -162,6 +166,7 @@ def run(count: int, runs: int) -> None:
             round_ours_unsynced(scratch, study, count, rates)
             round_storescp(scratch, study, count, rates, per_association)
             round_orthanc(scratch, study, count, rates, per_association)
+            rates["floor"].append(durable_writes_per_second(scratch, study, count))
             shutil.rmtree(scratch)
             os.sync()
 
@@ -173,15 +178,41 @@ def run(count: int, runs: int) -> None:
             print(f"{'storescu -> Orthanc (new)':<30} {median_text(rates['orthanc'], 'instances/s')}")
         else:
             print("Orthanc is not installed: skipped")
+        print(f"{'disk: write + fsync, one by one':<30} {median_text(rates['floor'], 'files/s')}")
         ratios = [ours / limit for ours, limit in zip(rates["ours"], rates["storescp"])]
         print(f"{'our SCP / storescp, per round':<30} {median_text(ratios, '', 2)}")
         print(f"our SCP peak RSS: {max(peaks):.0f} MB")
         print("(*) measurement only: our SCP with fsync and SQLite syncing switched off, as "
               "storescp runs; the product always syncs before it answers")
+        print("disk: the study's files written one after the other, each fsynced with its "
+              "folder: the most a receiver that answers each instance only once it is on disk "
+              "can reach, with one sender waiting for each answer")
         print(f"one association per instance ({ASSOCIATIONS} instances, already stored):")
         for name, label in (("ours", "our SCP"), ("storescp", "storescp"), ("orthanc", "Orthanc")):
             if per_association[name]:
                 print(f"  {label:<28} {median_text(per_association[name], 'ms per instance', 1)}")
+
+
+def durable_writes_per_second(scratch: Path, study: Path, count: int) -> float:
+    """Write the study's files one by one, each with fsync of the file and of its folder (what
+    our SCP does for every new instance before it answers, without anything else)."""
+    folder = scratch / "durable"
+    folder.mkdir()
+    sources = sorted(study.iterdir())[:count]
+    start = time.perf_counter()
+    for number, source in enumerate(sources):
+        fd = os.open(folder / f"{number}.dcm", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, source.read_bytes())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folder_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
+    return len(sources) / (time.perf_counter() - start)
 
 
 def round_ours(scratch: Path, study: Path, count: int, rates, per_association) -> float:
