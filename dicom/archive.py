@@ -211,7 +211,11 @@ class Archive:
         """A landed file with our own File Meta Information, which nothing overrides."""
         return (source.implementation_class_uid == part10.IMPLEMENTATION_CLASS_UID
                 and transfer_syntax_uid is None
-                and Path(path).parent.resolve() == self.landing_folder.resolve())
+                and self._is_landing_folder(Path(path).parent))
+
+    def _is_landing_folder(self, folder: Path) -> bool:
+        # Said as given (the SCP names files in it) before resolving links: no lookups then.
+        return folder == self.landing_folder or folder.resolve() == self.landing_folder.resolve()
 
     def _seal(self, path: Path, source: part10.Source, landed: Landed | None) -> _Spooled:
         """Take a landed Part 10 file as the spool: hash its data set bytes and read the index

@@ -1,7 +1,8 @@
 """What the index keeps of an instance: values read from its header, ready for the index rows.
 
 Only the header is read (never the pixel data), and only the elements listed in ``TAGS``.
-Text is decoded with the instance's Specific Character Set by pydicom; a value that cannot be
+Text is decoded with the instance's Specific Character Set (by pydicom, or straight from
+the bytes where that gives the same text, see ``_raw_text``); a value that cannot be
 read is left empty rather than refusing the instance, because the bytes are kept as received
 and the index is only a guide to them. The four UIDs are required and checked.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
@@ -37,6 +39,16 @@ TAGS = [tag_for_keyword(k) for k in ("SpecificCharacterSet", *PATIENT_KEYS, *STU
                                      *SERIES_KEYS, *INSTANCE_KEYS)]
 LAST_TAG = max(TAGS)  # reading stops after it: what follows (pixel data, frames) is not needed
 HEAD_FIRST_TRY = 1 << 16
+
+# A value is read straight from its bytes when pydicom's conversion would give the same text,
+# at a fraction of the cost: a single value of a VR whose bytes are ASCII in every character
+# set (PS3.5 6.2), or of a text VR in a character set that is one plain encoding. Anything
+# else (several values, code extensions, converted elements) goes through pydicom.
+_ASCII_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})  # not PN: pydicom normalises it
+_PLAIN_ENCODINGS = {None: "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1",
+                    "ISO_IR 192": "utf_8"}
+_BY_PYDICOM = object()  # _raw_text's answer when the bytes alone cannot tell
 
 
 class InvalidInstance(ValueError):
@@ -129,38 +141,42 @@ def facts_of(header: Dataset) -> Facts:
     uids = {keyword: _uid(header, keyword) for keyword in
             ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}
     charset = _charset(header)
+    encoding = _PLAIN_ENCODINGS.get(charset, "")
+
+    def text(keyword: str, dataset: Dataset | None = header) -> str | None:
+        return _text_in(dataset, keyword, encoding)
 
     patient = {
-        "patient_id": _text(header, "PatientID") or "",
-        "issuer_of_patient_id": _text(header, "IssuerOfPatientID") or "",
-        "patient_name": _text(header, "PatientName"),
-        "patient_birth_date": _text(header, "PatientBirthDate"),
-        "patient_sex": _text(header, "PatientSex"),
+        "patient_id": text("PatientID") or "",
+        "issuer_of_patient_id": text("IssuerOfPatientID") or "",
+        "patient_name": text("PatientName"),
+        "patient_birth_date": text("PatientBirthDate"),
+        "patient_sex": text("PatientSex"),
         "specific_character_set": charset,
     }
     issuer = _first_item(header, "IssuerOfAccessionNumberSequence")
     study = {
         "study_instance_uid": uids["StudyInstanceUID"],
-        "accession_number": _text(header, "AccessionNumber"),
-        "accession_issuer_local_id": _text(issuer, "LocalNamespaceEntityID"),
-        "accession_issuer_universal_id": _text(issuer, "UniversalEntityID"),
-        "accession_issuer_universal_id_type": _text(issuer, "UniversalEntityIDType"),
-        "study_date": _text(header, "StudyDate"),
-        "study_time": _text(header, "StudyTime"),
-        "study_id": _text(header, "StudyID"),
-        "study_description": _text(header, "StudyDescription"),
-        "referring_physician_name": _text(header, "ReferringPhysicianName"),
+        "accession_number": text("AccessionNumber"),
+        "accession_issuer_local_id": text("LocalNamespaceEntityID", issuer),
+        "accession_issuer_universal_id": text("UniversalEntityID", issuer),
+        "accession_issuer_universal_id_type": text("UniversalEntityIDType", issuer),
+        "study_date": text("StudyDate"),
+        "study_time": text("StudyTime"),
+        "study_id": text("StudyID"),
+        "study_description": text("StudyDescription"),
+        "referring_physician_name": text("ReferringPhysicianName"),
         "procedure_codes": json.dumps(_codes(header, "ProcedureCodeSequence")),
         "specific_character_set": charset,
     }
     series = {
         "series_instance_uid": uids["SeriesInstanceUID"],
-        "modality": _text(header, "Modality"),
+        "modality": text("Modality"),
         "series_number": _int(header, "SeriesNumber"),
-        "body_part_examined": _text(header, "BodyPartExamined"),
-        "series_description": _text(header, "SeriesDescription"),
-        "series_date": _text(header, "SeriesDate"),
-        "series_time": _text(header, "SeriesTime"),
+        "body_part_examined": text("BodyPartExamined"),
+        "series_description": text("SeriesDescription"),
+        "series_date": text("SeriesDate"),
+        "series_time": text("SeriesTime"),
     }
     instance = {
         "sop_instance_uid": uids["SOPInstanceUID"],
@@ -176,7 +192,10 @@ def valid_uid(value: str | None) -> bool:
 
 
 def _uid(header: Dataset, keyword: str) -> str:
-    value = str(header.get(keyword, "") or "").strip().rstrip("\x00")
+    value = _raw_text(header, keyword, "")
+    if value is _BY_PYDICOM:
+        value = str(header.get(keyword, "") or "").strip().rstrip("\x00")
+    value = value or ""
     if not valid_uid(value):
         raise InvalidInstance(f"{keyword} is missing or not a valid UID")
     return value
@@ -192,8 +211,16 @@ def _charset(header: Dataset) -> str | None:
 
 def _text(dataset: Dataset | None, keyword: str) -> str | None:
     """The value as decoded text (multiple values joined by backslash), None when empty."""
+    return _text_in(dataset, keyword, "")
+
+
+def _text_in(dataset: Dataset | None, keyword: str, encoding: str) -> str | None:
+    """``_text``, knowing the data set's plain encoding ("" when it has none)."""
     if dataset is None:
         return None
+    value = _raw_text(dataset, keyword, encoding)
+    if value is not _BY_PYDICOM:
+        return value
     try:
         value = dataset.get(keyword)
     except Exception:  # noqa: BLE001 - an undecodable value: the index entry stays empty
@@ -206,6 +233,27 @@ def _text(dataset: Dataset | None, keyword: str) -> str | None:
         text = str(value)
     text = text.strip().rstrip("\x00")
     return text or None
+
+
+def _raw_text(dataset: Dataset, keyword: str, encoding: str):
+    """The value's text from its bytes (None when absent or empty), or _BY_PYDICOM."""
+    element = dataset.get_item(keyword)
+    if element is None:
+        return None
+    if type(element) is not RawDataElement or element.value is None:
+        return _BY_PYDICOM
+    value = element.value
+    if b"\\" in value:
+        return _BY_PYDICOM
+    if element.VR in _ASCII_VRS:
+        encoding = "ascii"
+    elif element.VR not in _TEXT_VRS or not encoding:
+        return _BY_PYDICOM
+    try:
+        text = value.decode(encoding)
+    except UnicodeDecodeError:
+        return _BY_PYDICOM
+    return text.strip().rstrip("\x00") or None
 
 
 def _int(dataset: Dataset, keyword: str) -> int | None:
