@@ -53,19 +53,58 @@ def default_inputs() -> list[Path]:
     return [folder / name for name in PYDICOM_SAMPLES]
 
 
-def dicom_files(paths: list[Path]) -> dict[str, list[Path]]:
-    """Study Instance UID -> files, for every DICOM file under ``paths``."""
-    studies: dict[str, list[Path]] = defaultdict(list)
+# storescu's option that proposes a compressed transfer syntax (and the uncompressed ones), so
+# that each file goes out as it is stored. Uncompressed files need none.
+STORESCU_OPTIONS = {
+    "1.2.840.10008.1.2.4.70": "-xs", "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu", "1.2.840.10008.1.2.5": "-xr", "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.100": "-xm", "1.2.840.10008.1.2.4.101": "-xh", "1.2.840.10008.1.2.4.102": "-xn",
+    "1.2.840.10008.1.2.4.103": "-xl", "1.2.840.10008.1.2.4.104": "-x2", "1.2.840.10008.1.2.4.105": "-x3",
+    "1.2.840.10008.1.2.4.106": "-xo", "1.2.840.10008.1.2.4.107": "-x4", "1.2.840.10008.1.2.4.108": "-x5",
+}
+UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
+def dicom_files(paths: list[Path]) -> dict[str, dict[str, list[Path]]]:
+    """Study Instance UID -> transfer syntax UID -> files, for every Part 10 file under ``paths``."""
+    studies: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
     for path in paths:
         candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for candidate in candidates:
             try:
                 header = pydicom.dcmread(candidate, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+                syntax = str(header.file_meta.TransferSyntaxUID)
             except Exception:
-                continue
+                continue  # not DICOM, or no File Meta Information (storescu needs one)
             if "StudyInstanceUID" in header:
-                studies[str(header.StudyInstanceUID)].append(candidate)
+                studies[str(header.StudyInstanceUID)][syntax].append(candidate)
     return studies
+
+
+def send(files_by_syntax: dict[str, list[Path]], port: int, env: dict) -> int:
+    """Send a study's files with storescu, each in its own transfer syntax. Returns how many
+    were stored; files storescu cannot offer or send are reported and left out."""
+    sent = 0
+    for syntax, files in files_by_syntax.items():
+        if syntax in UNCOMPRESSED:
+            options = []
+        elif syntax in STORESCU_OPTIONS:
+            options = [STORESCU_OPTIONS[syntax]]
+        else:
+            print(f"  skipped {len(files)} file(s) in transfer syntax {syntax}: storescu cannot offer it "
+                  f"(archive them with 'xdsi import')")
+            continue
+        result = subprocess.run(["storescu", *options, "-aet", "DEMO", "-aec", "XDSI", "127.0.0.1", str(port),
+                                 *map(str, files)], env=dict(env, TCP_NODELAY="1"), capture_output=True, text=True)
+        failed = result.stderr.count("Store Failed")
+        if result.returncode != 0 and not failed:
+            raise SystemExit(f"storescu failed: {result.stderr}")
+        for line in result.stderr.splitlines():
+            if line.startswith("E: "):
+                print(f"  storescu: {line[3:]}")
+        sent += len(files) - failed
+    return sent
 
 
 def xdsi(*args: str, env: dict, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -175,8 +214,9 @@ async def consume(base: str, settings: dict, published: dict[str, str], profile)
                                       mtom=True)
             (instance_uid, image), = response_documents(reply)
             ds = pydicom.dcmread(io.BytesIO(image))
-            lines.append(f"RAD-69 image {instance_uid}: {len(image)} bytes, {ds.Modality}, "
-                         f"{ds.get('Rows')}x{ds.get('Columns')}, transfer syntax {ds.file_meta.TransferSyntaxUID}")
+            size = f"{ds.Rows}x{ds.Columns}, " if "Rows" in ds and "Columns" in ds else ""
+            lines.append(f"RAD-69 image {instance_uid}: {len(image)} bytes, {ds.Modality}, {size}"
+                         f"transfer syntax {ds.file_meta.TransferSyntaxUID}")
     return lines
 
 
@@ -207,16 +247,16 @@ def main() -> int:
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(f"{base}/health", server, log_path)
-        print(f"xdsi serve running: HTTP {base}, DICOM XDSI@127.0.0.1:{dicom_port} (data in {scratch})")
+        print(f"xdsi serve running: HTTP {base}, DICOM XDSI@127.0.0.1:{dicom_port} (data in {scratch}"
+              f"{'' if args.keep else ', removed at the end; --keep keeps it'})")
 
         published: dict[str, str] = {}
-        for study_uid, files in studies.items():
-            sent = subprocess.run(
-                ["storescu", "-aet", "DEMO", "-aec", "XDSI", "127.0.0.1", str(dicom_port), *map(str, files)],
-                env=dict(env, TCP_NODELAY="1"), capture_output=True, text=True)
-            if sent.returncode != 0:
-                raise SystemExit(f"storescu failed: {sent.stderr}")
-            print(f"storescu: sent {len(files)} instance(s) of study {study_uid}")
+        for study_uid, files_by_syntax in studies.items():
+            files = [path for paths in files_by_syntax.values() for path in paths]
+            sent = send(files_by_syntax, dicom_port, env)
+            print(f"storescu: sent {sent} of {len(files)} instance(s) of study {study_uid}")
+            if not sent:
+                continue
 
             result = xdsi("publish", study_uid, env=env, cwd=scratch, check=False)
             print(f"xdsi publish: {result.stdout.strip().splitlines()[-1] if result.stdout else result.stderr}")
