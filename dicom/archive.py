@@ -20,11 +20,11 @@ Safe to share between threads; several processes may share one database and blob
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import logging
 import os
+import secrets
 import tempfile
 import threading
 from collections import OrderedDict
@@ -103,7 +103,6 @@ class _Spooled:
     sha1: str = ""
     facts: Facts | None = None  # read from the first chunk on the way, when it holds them
     flushed: Future | None = None
-    inode: int = 0  # tells our file from a concurrent store's at the same key
 
     def wait_durable(self) -> None:
         if self.flushed is not None:
@@ -226,7 +225,6 @@ class Archive:
         hashed = threading.Event()
         with open(path, "rb") as f:
             status = os.fstat(f.fileno())
-            spooled.inode = status.st_ino
             descriptor = os.dup(f.fileno())
             try:
                 spooled.flushed = _flusher.submit(_flush_and_close, descriptor, hashed)
@@ -282,7 +280,6 @@ class Archive:
                 out.flush()
                 os.fsync(out.fileno())
                 _release_cache(out.fileno())
-                spooled.inode = os.fstat(out.fileno()).st_ino
         except BaseException:
             spooled.path.unlink(missing_ok=True)
             raise
@@ -301,60 +298,65 @@ class Archive:
                                   f"differs from the announced {source.sop_class_uid}")
 
     def _place(self, spool: _Spooled, facts: Facts) -> StoreReceipt:
-        """Move the spool into place and index it, unless the SOP Instance UID is indexed.
+        """Put the spool in place and index it, unless the SOP Instance UID is indexed.
 
-        The look-up, the move and the rows share one transaction (one connection, one commit);
-        the move comes before the rows, so a committed row always names a file in place. The
-        disk writes the file and its folder back while the rows are written; the commit waits
-        for both. A duplicate never waits: its landed copy is removed."""
+        The look-up, the placing and the rows share one transaction (one connection, one
+        commit); the file is placed before the rows are written, and the commit waits until the
+        disk has the file and its name, so a committed row always names a durable file. A
+        duplicate never waits: its landed copy is removed.
+
+        Each store gets a key of its own (two copies of one instance differ at least in the
+        meta header naming their sender): a file at a key is never replaced, and a store that
+        fails removes only its own file."""
         sop_uid, sha1 = facts.sop_instance_uid, facts.instance["sha1"]
-        key = f"dicom/{facts.study_uid}/{facts.series_uid}/{sop_uid}.{sha1[:16]}.dcm"
+        key = (f"dicom/{facts.study_uid}/{facts.series_uid}/"
+               f"{sop_uid}.{sha1[:16]}.{secrets.token_hex(4)}.dcm")
         placed, folder_synced = False, None
-        for _attempt in range(RETRIES):
-            try:
-                with self.engine.begin() as connection:
-                    existing = self._existing(connection, sop_uid)
-                    if existing is None:
-                        if not placed:
-                            self._put_in_place(spool, key)
-                            folder_synced = _flusher.submit(self.blobstore.sync_folder, key)
-                            facts.instance["blob_key"] = key
-                            placed = True
-                        ids = self._index(connection, facts)
-                        self._wait_durable(spool, folder_synced, key)
-            except IntegrityError:
-                # Another writer inserted the same instance, or the same patient, study or
-                # series row first: look again with fresh state.
-                self._forget(facts.series_uid)
-                continue
-            if existing is None:
-                self._remember(facts.series_uid, ids)
-                return StoreReceipt(StoreOutcome.STORED, sop_uid, facts.study_uid)
-            if placed and existing[1] != key:
-                self.blobstore.delete(key)
-            return self._repeat(existing, facts)
-        raise RuntimeError(f"could not index instance {sop_uid} after {RETRIES} attempts")
-
-    def _put_in_place(self, spool: _Spooled, key: str) -> None:
-        """Give the spool its key, while its fsync may still run. A file already at that key
-        (the same bytes, from a store of the same instance running beside this one) may be
-        what that store's row will name: it is replaced only by a copy already on disk."""
-        if not self.blobstore.link_into_place(spool.path, key):
-            spool.wait_durable()
-            self.blobstore.move_into_place(spool.path, key)
-
-    def _wait_durable(self, spool: _Spooled, folder_synced: Future, key: str) -> None:
-        """Before the commit: a row names only a file whose bytes and name are durable. When
-        the disk failed, our file goes (no row will name it; a concurrent store's file at the
-        same key stays) and the error is the caller's."""
         try:
-            spool.wait_durable()
-            folder_synced.result()
-        except OSError:
-            with contextlib.suppress(FileNotFoundError):
-                if self.blobstore.path(key).stat().st_ino == spool.inode:
+            for _attempt in range(RETRIES):
+                try:
+                    with self.engine.begin() as connection:
+                        existing = self._existing(connection, sop_uid)
+                        if existing is None:
+                            if not placed:
+                                self.blobstore.link_into_place(spool.path, key)
+                                placed = True
+                                folder_synced = _flusher.submit(self.blobstore.sync_folder, key)
+                                facts.instance["blob_key"] = key
+                            ids = self._index(connection, facts)
+                            # Before the commit: the file's bytes and name on disk.
+                            spool.wait_durable()
+                            folder_synced.result()
+                except IntegrityError:
+                    # Another writer inserted the same instance, or the same patient, study or
+                    # series row first: look again with fresh state.
+                    self._forget(facts.series_uid)
+                    continue
+                if existing is None:
+                    self._remember(facts.series_uid, ids)
+                    return StoreReceipt(StoreOutcome.STORED, sop_uid, facts.study_uid)
+                if placed:
                     self.blobstore.delete(key)
+                return self._repeat(existing, facts)
+            raise RuntimeError(f"could not index instance {sop_uid} after {RETRIES} attempts")
+        except BaseException:
+            if placed:
+                self._unplace(sop_uid, key)
             raise
+
+    def _unplace(self, sop_uid: str, key: str) -> None:
+        """After a failure: remove our placed file, unless a row names it after all (a commit
+        whose answer was lost) or the index cannot be asked (then an unnamed file is left,
+        which is harmless, rather than a row without its file)."""
+        try:
+            with self.engine.connect() as connection:
+                existing = self._existing(connection, sop_uid)
+        except Exception:  # noqa: BLE001 - the original error is what the caller gets
+            log.warning("instance %s: file %s kept, the index could not tell whether it is "
+                        "named", sop_uid, key)
+            return
+        if existing is None or existing[1] != key:
+            self.blobstore.delete(key)
 
     @staticmethod
     def _existing(connection: Connection, sop_uid: str) -> tuple[str, str] | None:

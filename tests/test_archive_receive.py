@@ -207,65 +207,93 @@ def test_a_duplicate_does_not_wait_for_its_landed_copy_to_reach_the_disk(archive
     assert list(archive.landing_folder.iterdir()) == []
 
 
-def _blob_key_of(archive, source) -> str:
-    """The key the archive gives this instance's bytes (as ``_place`` makes it)."""
-    header = dcmread(source, stop_before_pixels=True)
-    sha1 = hashlib.sha1(data_set_bytes(source)).hexdigest()
-    return (f"dicom/{header.StudyInstanceUID}/{header.SeriesInstanceUID}/"
-            f"{header.SOPInstanceUID}.{sha1[:16]}.dcm")
+def _blob_files(archive) -> list:
+    return sorted(path for path in (archive.blobstore.root / "blobs").rglob("*.dcm"))
 
 
-def test_a_file_another_store_put_at_the_key_is_replaced_only_by_a_copy_on_disk(
+def test_the_same_instance_from_two_senders_at_once_keeps_one_whole_copy(
         archive, tmp_path, monkeypatch):
-    """Two stores of the same instance at once: the second finds the first one's file at the
-    key (maybe not yet fsynced, maybe about to be named by the first one's row). It takes that
-    place only once its own copy is durable."""
+    """Two stores of one instance at once (their files differ in the meta header naming the
+    sender): one is stored, the other is a duplicate, and the row names a file of exactly its
+    size and bytes, never the other store's file."""
     source = small_instance(tmp_path / "a.dcm")
-    key = _blob_key_of(archive, source)
-    other = archive.blobstore.path(key)
-    other.parent.mkdir(parents=True, exist_ok=True)
-    other.write_bytes(b"the other store's file")
-    other_inode = other.stat().st_ino
+    first, header = _landed(archive, source, "c-store-first.dcm")
+    second = archive.landing_folder / "c-store-second.dcm"
+    second.write_bytes(part10.file_meta_bytes(header.SOPClassUID, header.SOPInstanceUID,
+                                              "1.2.840.10008.1.2.1", "A_LONGER_AE_TITLE")
+                       + data_set_bytes(source))
 
     released, started = threading.Event(), threading.Event()
     own_flush = archive_module._flush_and_close
+    first_inode = first.stat().st_ino
 
-    def slow_disk(fd, hashed):
-        started.set()
-        released.wait(10)
+    def slow_for_the_first(fd, hashed):
+        if os.fstat(fd).st_ino == first_inode:
+            started.set()
+            released.wait(10)
         own_flush(fd, hashed)
 
-    monkeypatch.setattr(archive_module, "_flush_and_close", slow_disk)
-    landed, _ = _landed(archive, source)
-    storing = concurrent.futures.ThreadPoolExecutor(1).submit(archive.receive, landed, adopt=True)
+    monkeypatch.setattr(archive_module, "_flush_and_close", slow_for_the_first)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    storing_first = pool.submit(archive.receive, first, adopt=True, source_ae_title="SENDER")
     assert started.wait(10)
-    time.sleep(0.2)
-    assert other.stat().st_ino == other_inode  # not replaced while ours is not on disk
+    storing_second = pool.submit(archive.receive, second, adopt=True)
+    time.sleep(0.3)  # the second is placed too, or waits for the first's transaction
     released.set()
-    assert storing.result(10).outcome.value == "stored"
-    assert archive.blobstore.path(key).stat().st_ino != other_inode
-    assert archive.blobstore.path(key).read_bytes().endswith(data_set_bytes(source))
+    outcomes = {storing_first.result(10).outcome.value, storing_second.result(10).outcome.value}
+    assert outcomes == {"stored", "duplicate"}
+
+    record = archive.instance(header.SOPInstanceUID)
+    stored = archive.blobstore.path(record.blob_key)
+    assert stored.stat().st_size == record.size
+    meta, data_set = split_part10(stored.read_bytes())
+    assert data_set == data_set_bytes(source)
+    assert _blob_files(archive) == [stored]  # the other copy is gone
+    assert list(archive.landing_folder.iterdir()) == []
 
 
-def test_a_failed_fsync_removes_only_our_own_file_from_the_key(archive, tmp_path):
-    key = "dicom/1.2/1.2.3/1.2.3.4.0123456789abcdef.dcm"
-    theirs = archive.blobstore.path(key)
-    theirs.parent.mkdir(parents=True, exist_ok=True)
-    theirs.write_bytes(b"a concurrent store's file")
+def test_a_failed_fsync_leaves_neither_file_nor_row(archive, tmp_path, monkeypatch):
+    def failing_disk(fd, hashed):
+        os.close(fd)
+        raise OSError(errno.EIO, "Input/output error")
 
-    failed = concurrent.futures.Future()
-    failed.set_exception(OSError(errno.EIO, "Input/output error"))
-    synced = concurrent.futures.Future()
-    synced.set_result(None)
-    ours = archive_module._Spooled(tmp_path / "ours", flushed=failed, inode=theirs.stat().st_ino + 1)
+    monkeypatch.setattr(archive_module, "_flush_and_close", failing_disk)
+    source = small_instance(tmp_path / "a.dcm")
+    landed, header = _landed(archive, source)
     with pytest.raises(OSError):
-        archive._wait_durable(ours, synced, key)
-    assert theirs.exists()
+        archive.receive(landed, adopt=True)
+    assert archive.instance(header.SOPInstanceUID) is None
+    assert _blob_files(archive) == []
+    assert list(archive.landing_folder.iterdir()) == []
 
-    ours.inode = theirs.stat().st_ino
-    with pytest.raises(OSError):
-        archive._wait_durable(ours, synced, key)
-    assert not theirs.exists()
+
+def test_a_database_error_after_placing_leaves_no_file(archive, tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def failing_index(*_args):
+        raise OperationalError("INSERT", {}, Exception("attempt to write a readonly database"))
+
+    monkeypatch.setattr(archive, "_index", failing_index)
+    source = small_instance(tmp_path / "a.dcm")
+    landed, header = _landed(archive, source)
+    with pytest.raises(OperationalError):
+        archive.receive(landed, adopt=True)
+    assert _blob_files(archive) == []
+
+
+def test_a_file_a_row_names_is_never_removed_after_a_failure(archive, tmp_path):
+    """A commit whose answer was lost: the row exists, so its file stays."""
+    source = small_instance(tmp_path / "a.dcm")
+    landed, header = _landed(archive, source)
+    assert archive.receive(landed, adopt=True).outcome.value == "stored"
+    record = archive.instance(header.SOPInstanceUID)
+
+    archive._unplace(header.SOPInstanceUID, record.blob_key)
+    assert archive.blobstore.path(record.blob_key).exists()
+    stray = record.blob_key.replace(".dcm", ".stray.dcm")
+    archive.blobstore.path(stray).write_bytes(b"a copy no row names")
+    archive._unplace(header.SOPInstanceUID, stray)
+    assert not archive.blobstore.path(stray).exists()
 
 
 def test_a_landed_digest_spares_reading_the_file_again(archive, tmp_path, monkeypatch):

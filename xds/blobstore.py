@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -30,6 +31,7 @@ class FileBlobStore:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._making_folders = threading.Lock()
 
     def spool(self) -> Spool:
         """A new spool file on the store's file system."""
@@ -57,15 +59,10 @@ class FileBlobStore:
         target = self._folder_for(key)
         os.replace(path, target)
 
-    def link_into_place(self, path: str | os.PathLike, key: str) -> bool:
-        """Give the file at ``path`` the name ``key`` too, unless ``key`` exists (False). Never
-        replaces a file, so a file not yet fsynced can be placed without taking the place of
-        one that is. The name is durable only after ``sync_folder``."""
-        try:
-            os.link(path, self._folder_for(key))
-        except FileExistsError:
-            return False
-        return True
+    def link_into_place(self, path: str | os.PathLike, key: str) -> None:
+        """Give the file at ``path`` the name ``key`` too (FileExistsError if it is taken: a
+        file is never replaced). The name is durable only after ``sync_folder``."""
+        os.link(path, self._folder_for(key))
 
     def sync_folder(self, key: str) -> None:
         """Make the names in the folder of ``key`` durable (fsync of the folder)."""
@@ -74,19 +71,23 @@ class FileBlobStore:
     def _folder_for(self, key: str) -> Path:
         """The path of ``key``, its folders made. A folder made here is made durable in its
         parent at once (new studies and series are rare), so that a durable file name never
-        sits in a folder that could itself vanish in a power cut."""
+        sits in a folder that could itself vanish in a power cut. One writer at a time makes
+        folders: a store that finds a folder another has just made waits until that one is
+        durable too. (Processes sharing the store do not wait for each other; the file
+        system's journal orders a folder's creation before the names made in it.)"""
         target = self.path(key)
-        missing = []
-        folder = target.parent
-        while not folder.is_dir():
-            missing.append(folder)
-            folder = folder.parent
-        for folder in reversed(missing):
-            try:
-                folder.mkdir()
-            except FileExistsError:  # made by a concurrent writer: synced here all the same
-                pass
-            _fsync_dir(folder.parent)
+        with self._making_folders:
+            missing = []
+            folder = target.parent
+            while not folder.is_dir():
+                missing.append(folder)
+                folder = folder.parent
+            for folder in reversed(missing):
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # made by another process: synced here all the same
+                    pass
+                _fsync_dir(folder.parent)
         return target
 
     def put_file(self, source: str | os.PathLike, key: str) -> tuple[str, int]:

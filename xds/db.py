@@ -15,9 +15,12 @@ metadata = MetaData()
 
 
 def create_engine(url: str) -> Engine:
-    """Make an engine for ``url``; SQLite gets WAL mode and a busy timeout."""
+    """Make an engine for ``url``; SQLite gets WAL mode and a busy timeout.
+
+    Statement parameters are left out of database errors: they hold patient names, IDs and
+    birth dates, and an error message ends up in the log."""
     if url.startswith("sqlite"):
-        engine = _sa_create_engine(url, connect_args={"timeout": 30})
+        engine = _sa_create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
@@ -30,7 +33,7 @@ def create_engine(url: str) -> Engine:
 
         return engine
 
-    return _sa_create_engine(url, pool_pre_ping=True)
+    return _sa_create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def create_all(engine: Engine) -> None:
