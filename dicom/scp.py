@@ -69,8 +69,8 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 RELEASE_GRACE = 0.1
 REPORT_TIMEOUT = 5.0
 
-# 0 means no limit: the sender may put a whole instance in one PDU, fewer round trips.
-MAX_PDU = 0
+# What requesters may send in one PDU: 4 MiB, a few PDUs per image and a bounded buffer.
+MAX_PDU = tuning.MAX_PDU_LENGTH
 
 _chunked_lock = threading.Lock()
 _chunked_users = 0
@@ -186,6 +186,7 @@ class DicomServer:
             self._associations[id(event.assoc)] = _AssociationLog()
 
     def _on_closed(self, event) -> None:
+        landing.discard_unfinished(event.assoc)
         with self._lock:
             record = self._associations.pop(id(event.assoc), None)
         if record is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import queue
 import select
 import socket
@@ -27,12 +28,17 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
+log = logging.getLogger(__name__)
+
 # pynetdicom's transport thread sleeps this long when it found nothing to do (default 1 ms);
 # then, with ``_wait_for_work``, it waits on its socket for at most DUL_IDLE_WAIT.
 DUL_POLL_SECONDS = 0.0
 DUL_IDLE_WAIT = 0.05
 # The first buffer of a PDU read (doubled as its bytes arrive).
 RECV_FIRST_BYTES = 1 << 20
+# The longest PDU accepted, also announced to requesters as our Maximum Length Received
+# (PS3.8 D.1): a longer one closes the connection unread.
+MAX_PDU_LENGTH = 1 << 22
 # How often a thread waiting for the peer's next association PDU checks that the connection
 # still stands.
 RECEIVE_SLICE = 0.25
@@ -185,12 +191,18 @@ def _read_in_large_pieces(transport) -> None:
     into the buffer. Same result: the bytes asked for, or fewer when the connection closed.
 
     The length asked for comes from the peer's PDU header (up to 4 GiB, before any
-    association exists), so the buffer starts at RECV_FIRST_BYTES at most and doubles only as
-    bytes really arrive: memory follows what was sent, never what was announced."""
+    association exists): above MAX_PDU_LENGTH nothing is read, and below it the buffer starts
+    at RECV_FIRST_BYTES at most and doubles only as bytes really arrive, so memory follows
+    what was sent, never what was announced."""
     if transport is None or not callable(getattr(transport, "recv", None)):
         return
 
     def recv(nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_PDU_LENGTH:
+            # Fewer bytes than asked: pynetdicom closes the connection (Evt17).
+            log.warning("a PDU of %d bytes announced, above the %d accepted: connection closed",
+                        nr_bytes, MAX_PDU_LENGTH)
+            return bytearray()
         received = bytearray(min(nr_bytes, RECV_FIRST_BYTES))
         nr_read = 0
         while nr_read < nr_bytes:

@@ -227,3 +227,70 @@ def test_idle_ready_files_are_made_anew_so_that_no_sweep_takes_them(tmp_path, mo
         taken.close()
     finally:
         ready.close()
+
+
+def test_a_data_set_cut_short_by_an_abort_leaves_no_landing_file(running, tmp_path):
+    """The sender aborts halfway through a data set: its landing file goes with the
+    connection (not an hour later), and nothing is indexed."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    archive = running.archive
+    ds = dcmread(small_instance(tmp_path / "s.dcm"))
+    ds.Rows = 4096
+    ds.PixelData = bytes(4096 * 4)
+    sender = AE(ae_title="SENDER")
+    sender.add_requested_context(SecondaryCaptureImageStorage, ds.file_meta.TransferSyntaxUID)
+    association = sender.associate("127.0.0.1", running.port, ae_title=AE_TITLE)
+    assert association.is_established
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    del ds.file_meta
+    encoded = BytesIO()
+    ds.save_as(encoded, implicit_vr=False, little_endian=True)
+    request.DataSet = BytesIO(encoded.getvalue())
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    fragments = list(message.encode_msg(association.accepted_contexts[0].context_id, 4096))
+    for fragment in fragments[:len(fragments) // 2]:
+        association.dul.send_pdu(fragment)
+
+    deadline = time.monotonic() + 10
+    while not any(path.stat().st_size for path in archive.landing_folder.iterdir()):
+        assert time.monotonic() < deadline, "the data set never started landing"
+        time.sleep(0.01)
+    association.abort()
+    while any(path.stat().st_size for path in archive.landing_folder.iterdir()):
+        assert time.monotonic() < deadline, "the part landed stayed"
+        time.sleep(0.01)
+    assert archive.instance(str(request.AffectedSOPInstanceUID)) is None
+
+
+def test_a_busy_folder_is_swept_too(tmp_path, monkeypatch):
+    """Files are taken all the time (never idle): leftovers still go, the ready files stay."""
+    monkeypatch.setattr(landing, "SWEEP_INTERVAL_SECONDS", 0.3)
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    leftover = folder / "c-store-1-1-abc.dcm"
+    leftover.write_bytes(b"part of an instance")
+    two_hours_ago = time.time() - 7200
+    os.utime(leftover, (two_hours_ago, two_hours_ago))
+    ready = landing.ReadyFiles(folder)
+    try:
+        deadline = time.monotonic() + 10
+        while leftover.exists():
+            assert time.monotonic() < deadline, "the leftover was never swept"
+            taken = ready.take()  # busy: a file every 50 ms
+            taken.close()
+            Path(taken.name).unlink()
+            time.sleep(0.05)
+        taken = ready.take()
+        assert taken.is_linked()
+        taken.close()
+    finally:
+        ready.close()

@@ -94,11 +94,12 @@ def test_pdu_read_in_large_pieces_returns_what_was_asked_or_what_came_before_clo
 
 def test_pdu_read_memory_follows_the_bytes_sent_not_the_length_announced():
     """A PDU header may announce up to 4 GiB before any association exists: a peer that sends
-    a few bytes and stops must not make us allocate what it announced."""
+    a few bytes and stops must not make us allocate what it announced (up to the longest PDU
+    accepted; above it, see the next test)."""
     import socket
     import tracemalloc
 
-    from dicom.tuning import RECV_FIRST_BYTES, _read_in_large_pieces
+    from dicom.tuning import MAX_PDU_LENGTH, RECV_FIRST_BYTES, _read_in_large_pieces
 
     class _Transport:
         def __init__(self, sock):
@@ -115,7 +116,7 @@ def test_pdu_read_memory_follows_the_bytes_sent_not_the_length_announced():
     tracemalloc.start()
     try:
         sender.start()
-        received = transport.recv(2**31)  # announced 2 GiB, sent 3 MiB and closed
+        received = transport.recv(MAX_PDU_LENGTH)  # announced 4 MiB, sent 3 MiB and closed
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -123,6 +124,30 @@ def test_pdu_read_memory_follows_the_bytes_sent_not_the_length_announced():
         ours.close()
     assert received == bytearray(payload)
     assert peak < 4 * len(payload), f"{peak / 1e6:.0f} MB for {len(payload) / 1e6:.0f} MB received"
+
+
+def test_a_pdu_longer_than_accepted_closes_the_connection_unread(tmp_path):
+    """A header announcing 2 GiB, before any association: the server reads none of it,
+    allocates nothing for it, and closes the connection."""
+    import socket
+    import struct
+
+    from dicom.scp import DicomServer
+    from tests.servers import free_port
+    from tests.test_archive import new_archive
+
+    server = DicomServer(new_archive(tmp_path / "archive"), port=free_port())
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as peer:
+            peer.sendall(struct.pack(">BBL", 0x01, 0, 2**31) + bytes(64 * 1024))
+            # The server closes: a read ends (reset or end of stream), well before 10 s.
+            try:
+                assert peer.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        server.stop()
 
 
 def _c_store_response(status: int, message_id: int = 7, **fields) -> C_STORE:
