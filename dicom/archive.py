@@ -369,11 +369,11 @@ class Archive:
         if existing[0] == facts.instance["sha1"]:
             log.debug("instance %s already archived with the same content", sop_uid)
             return StoreReceipt(StoreOutcome.DUPLICATE, sop_uid, facts.study_uid)
-        log.warning("instance %s refused: already archived with different content "
-                    "(the stored one is kept)", sop_uid)
+        log.warning("instance %s refused: archived already with other data set bytes, so "
+                    "different content (a sender that re-encodes it, or drops an element such "
+                    "as trailing padding, sends other bytes); the first copy is kept", sop_uid)
         return StoreReceipt(StoreOutcome.CONFLICT, sop_uid, facts.study_uid,
-                            "SOP Instance UID already archived with different content; "
-                            "the archived instance is kept")
+                            "archived already with other data set bytes: first copy kept")
 
     def _index(self, connection: Connection, facts: Facts) -> tuple[int, int]:
         """In the caller's transaction: the patient, study and series rows if new, the instance

@@ -61,7 +61,7 @@ def import_paths(paths: Iterable[str | os.PathLike], archive: Archive,
         _import_one(path, archive, summary)
         if progress is not None:
             progress(done, len(files))
-    log.info("import: %s", summary)
+    log.debug("import: %s", summary)  # the caller tells the user
     return summary
 
 

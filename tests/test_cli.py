@@ -49,3 +49,66 @@ def test_unknown_profile_stops_the_start_with_a_message(tmp_path):
     assert result.returncode == 2
     assert "source.profile" in result.stderr and "no-such-profile" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _env(**settings):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDSI_")}
+    return {**env, **settings}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_database_is_one_line_without_password(tmp_path):
+    url = f"postgresql+psycopg://someone:secret@127.0.0.1:{_free_port()}/xdsi"
+    result = xdsi("jobs", cwd=tmp_path, env=_env(XDSI_STORAGE_DATABASE_URL=url))
+    assert result.returncode == 1
+    assert "the database cannot be used" in result.stderr and "refused" in result.stderr
+    assert "secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unsupported_database_is_a_configuration_error(tmp_path):
+    result = xdsi("jobs", cwd=tmp_path, env=_env(XDSI_STORAGE_DATABASE_URL="mysql://db/xdsi"))
+    assert result.returncode == 2
+    assert "storage.database_url" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_import_of_a_missing_path_says_so(tmp_path):
+    result = xdsi("import", str(tmp_path / "nothing-here"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no such file or folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_config_that_is_a_folder_or_not_text_is_a_configuration_error(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00garbage")
+    for config in ("folder", "binary.toml"):
+        result = xdsi("--config", config, "jobs", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "configuration error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_empty_xdsi_config_counts_as_unset(tmp_path):
+    result = xdsi("jobs", cwd=tmp_path, env=_env(XDSI_CONFIG=""))
+    assert result.returncode == 0, result.stderr
+
+
+def test_serve_on_a_taken_port_says_which_setting(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = xdsi("serve", cwd=tmp_path,
+                      env=_env(XDSI_DICOM_PORT=str(port), XDSI_SERVER_PORT=str(_free_port())))
+    assert result.returncode == 1
+    assert f"DICOM (dicom.host, dicom.port) 127.0.0.1:{port} cannot be used" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -192,7 +192,7 @@ def test_duplicate_identical_succeeds_and_different_content_fails(server, archiv
                                     sop_uid=first.SOPInstanceUID, description="second"))
     status = _send(server.port, second)
     assert status.Status == 0x0110  # processing failure, with the reason
-    assert "different content" in status.ErrorComment
+    assert "other data set bytes" in status.ErrorComment
     assert stored_data_set_bytes(archive, first.SOPInstanceUID) == data_set_bytes(first_path)
     assert archive.header(first.SOPInstanceUID).StudyDescription == "first"
 

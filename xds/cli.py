@@ -8,7 +8,10 @@ import os
 import sys
 import time
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from xds.config import ConfigError, load
+from xds.runtime import StartError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="xdsi",
         description="IHE XDS-I.b Imaging Document Source and XDS.b Document Repository.",
     )
-    parser.add_argument("--config", metavar="FILE", default=os.environ.get("XDSI_CONFIG"),
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get("XDSI_CONFIG") or None,
                         help="TOML configuration file (default: built-in standalone settings; "
                              "environment variable XDSI_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -53,7 +56,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xdsi: configuration error: {exc}", file=sys.stderr)
         return 2
 
-    return {"serve": _serve, "import": _import, "publish": _publish, "jobs": _jobs}[args.command](settings, args)
+    command = {"serve": _serve, "import": _import, "publish": _publish, "jobs": _jobs}[args.command]
+    try:
+        return command(settings, args)
+    except StartError as exc:
+        print(f"xdsi: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        # The driver's own words (first line), not the statement: it may hold patient data.
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"xdsi: the database cannot be used ({_without_password(settings.database_url)}): "
+              f"{reason}", file=sys.stderr)
+        logging.getLogger("xdsi").debug("database error", exc_info=True)
+        return 1
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as the user wrote it
+        return url
 
 
 def _serve(settings, args) -> int:
@@ -72,6 +96,10 @@ def _import(settings, args) -> int:
     from dicom.importer import import_paths
     from xds.runtime import open_archive
 
+    missing = [path for path in args.paths if not os.path.exists(path)]
+    if missing:
+        print(f"xdsi: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
     archive = open_archive(settings)
     progress = _ProgressBar()
     summary = import_paths(args.paths, archive, progress=progress)
@@ -118,26 +146,36 @@ def _jobs(settings, args) -> int:
 
 
 class _ProgressBar:
-    """A one-line progress display on stderr: files seen and the rate."""
+    """Progress on stderr: files done and the rate. On a terminal one line redrawn in place;
+    otherwise (a log file, a pipe) a plain line every few seconds and one at the end."""
+
+    EVERY_SECONDS = 5.0
 
     def __init__(self):
-        self.start = time.monotonic()
-        self.count = 0
+        self.start = self.shown = time.monotonic()
+        self.terminal = sys.stderr.isatty()
+        self.line = ""
 
     def __call__(self, done: int, total: int | None = None) -> None:
-        self.count = done
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        width = 30
+        now = time.monotonic()
+        rate = done / max(now - self.start, 1e-6)
         if total:
-            filled = int(width * done / total)
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {done}/{total} files, {done / elapsed:.0f}/s")
+            filled = int(30 * done / total)
+            self.line = f"[{'#' * filled}{'-' * (30 - filled)}] {done}/{total} files, {rate:.0f}/s"
         else:
-            sys.stderr.write(f"\r{done} files, {done / elapsed:.0f}/s")
-        sys.stderr.flush()
+            self.line = f"{done} files, {rate:.0f}/s"
+        if self.terminal:
+            sys.stderr.write("\r" + self.line)
+            sys.stderr.flush()
+        elif now - self.shown >= self.EVERY_SECONDS:
+            self.shown = now
+            print(self.line, file=sys.stderr, flush=True)
 
     def finish(self) -> None:
-        sys.stderr.write("\n")
+        if self.terminal:
+            sys.stderr.write("\n")
+        elif self.line:
+            print(self.line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

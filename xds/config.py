@@ -117,8 +117,10 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
                 document = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except OSError as exc:  # a folder, a file we may not read
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
         _apply_file(settings, document)
 
     _apply_environment(settings, os.environ if environ is None else environ)
@@ -212,5 +214,9 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"dicom.move_destinations.{ae}: expected 'host:port', got {address!r}")
     if settings.repository.max_documents_per_request < 1:
         raise ConfigError("repository.max_documents_per_request: must be at least 1")
+    url = settings.storage.database_url
+    if url and not url.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+")):
+        raise ConfigError(f"storage.database_url: {url.split(':', 1)[0]!r} databases are not "
+                          f"supported; use sqlite:///FILE or postgresql+psycopg://...")
     if not settings.registry.embedded and not settings.repository.registry_url:
         raise ConfigError("repository.registry_url: required when registry.embedded is false")

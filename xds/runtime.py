@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import uvicorn
 
@@ -81,10 +82,27 @@ def _move_destinations(settings: Settings) -> dict[str, tuple[str, int]]:
     return destinations
 
 
+class StartError(RuntimeError):
+    """The service cannot start: the message says why, in the user's terms."""
+
+
 def run_server(settings: Settings) -> int:
+    # Taken ports are told plainly here, rather than by a traceback from deep in the start.
+    _check_port(settings.server.host, settings.server.port, "HTTP (server.host, server.port)")
+    if settings.dicom.enabled:
+        _check_port(settings.dicom.host, settings.dicom.port, "DICOM (dicom.host, dicom.port)")
     app = build_app(settings)
     log.info("HTTP endpoints on %s (repository %s, imaging source %s)", settings.base_url,
              settings.repository.unique_id, settings.source.unique_id)
     uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info",
                 timeout_keep_alive=30)
     return 0
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartError(f"{what} {host}:{port} cannot be used: {exc.strerror}") from None
