@@ -11,6 +11,7 @@ Endpoints (each also answers ``GET ...?wsdl`` with the project's own WSDL):
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -33,9 +34,17 @@ from xds.retrieve import RetrieveResult, retrieve_document_set
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-WSDL_DIR = PROJECT_ROOT / "wsdl"
-SCHEMA_DIR = PROJECT_ROOT / "schemas"
+def _resource_folder(name: str) -> Path:
+    """``wsdl`` or ``schemas``: beside the code in a checkout (and an editable install), or
+    where an installed wheel put them (``share/xdsi``, under the environment's prefix)."""
+    beside = Path(__file__).resolve().parents[1] / name
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "xdsi" / name
+
+
+WSDL_DIR = _resource_folder("wsdl")
+SCHEMA_DIR = _resource_folder("schemas")
 
 
 class Components:
