@@ -96,8 +96,25 @@ def test_a_config_that_is_a_folder_or_not_text_is_a_configuration_error(tmp_path
 
 
 def test_an_empty_xdsi_config_counts_as_unset(tmp_path):
-    result = xdsi("jobs", cwd=tmp_path, env=_env(XDSI_CONFIG=""))
+    result = xdsi("import", str(ROOT / "README.md"), cwd=tmp_path, env=_env(XDSI_CONFIG=""))
     assert result.returncode == 0, result.stderr
+    assert "1 not DICOM" in result.stdout
+
+
+def test_jobs_and_publish_away_from_the_service_make_no_database(tmp_path):
+    for command in (("jobs",), ("publish", "1.2.3")):
+        result = xdsi(*command, cwd=tmp_path, env=_env())
+        assert result.returncode == 1
+        assert "no database at" in result.stderr and "--config" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_with_no_running_service_says_so_at_once(tmp_path):
+    assert xdsi("import", str(ROOT / "README.md"), cwd=tmp_path, env=_env()).returncode == 0
+    result = xdsi("publish", "1.2.3", cwd=tmp_path, env=_env())
+    assert result.returncode == 1
+    assert "no running 'xdsi serve' uses this database" in result.stderr
+    assert "queued" in xdsi("jobs", cwd=tmp_path, env=_env()).stdout
 
 
 def test_serve_on_a_taken_port_says_which_setting(tmp_path):

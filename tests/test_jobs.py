@@ -88,3 +88,55 @@ def test_ledger_keeps_one_current_manifest_per_study(database_url):
     ledger.record("1.2.3", "2.25.2", "urn:uuid:b", 12)
     current = ledger.current("1.2.3")
     assert (current.document_unique_id, current.entry_uuid, current.instance_count) == ("2.25.2", "urn:uuid:b", 12)
+
+
+def test_a_worker_is_running_while_its_heartbeat_is_fresh(database_url):
+    from xds.jobs import HEARTBEAT_FRESH, publish_worker
+
+    queue, engine = _queue(database_url)
+    assert not queue.worker_running()
+    queue.heartbeat("host:1:a")
+    assert queue.worker_running()
+    with engine.begin() as connection:  # the worker died without a word
+        connection.execute(update(publish_worker).values(
+            seen_at=datetime.now(timezone.utc) - HEARTBEAT_FRESH - timedelta(seconds=1)))
+    assert not queue.worker_running()
+    queue.heartbeat("host:1:a")
+    queue.stop_heartbeat("host:1:a")
+    assert not queue.worker_running()
+
+
+def test_the_publishing_worker_beats_while_it_runs(database_url, tmp_path):
+    import asyncio
+
+    from xds.publisher import Publisher
+
+    queue, engine = _queue(database_url)
+
+    class _Settings:
+        class source:  # noqa: N801 - the shape of Settings.source
+            profile = "default"
+            publish_delay_seconds = 0
+
+        class repository:  # noqa: N801
+            registry_timeout_seconds = 1
+
+    publisher = Publisher(_Settings, archive=None, blobstore=None, jobs=queue,
+                          ledger=ManifestLedger(engine))
+
+    async def run_briefly():
+        worker = asyncio.create_task(publisher.worker(poll_seconds=0.01))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if queue.worker_running():
+                break
+        beating = queue.worker_running()
+        worker.cancel()
+        try:
+            await worker
+        except asyncio.CancelledError:
+            pass
+        return beating
+
+    assert asyncio.run(run_briefly())
+    assert not queue.worker_running()  # said goodbye

@@ -112,11 +112,15 @@ def _publish(settings, args) -> int:
     from xds.jobs import JobQueue
     from xds.runtime import open_engine
 
-    queue = JobQueue(open_engine(settings))
+    queue = JobQueue(open_engine(settings, must_exist=True))
     job_id = queue.enqueue(args.study_uid, reason="command line")
     print(f"publishing job {job_id} queued for study {args.study_uid}")
     if args.no_wait:
         return 0
+    if not _worker_running(queue):
+        print(f"xdsi: no running 'xdsi serve' uses this database; job {job_id} stays queued and "
+              f"runs when one starts (see 'xdsi jobs')", file=sys.stderr)
+        return 1
 
     # The running service's worker does the work; we watch the shared database.
     deadline = time.monotonic() + args.timeout
@@ -131,11 +135,21 @@ def _publish(settings, args) -> int:
     return 1
 
 
+def _worker_running(queue, grace_seconds: float = 3.0) -> bool:
+    """A service's worker says it runs every few seconds; one just started gets a moment."""
+    deadline = time.monotonic() + grace_seconds
+    while not queue.worker_running():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _jobs(settings, args) -> int:
     from xds.jobs import JobQueue
     from xds.runtime import open_engine
 
-    rows = JobQueue(open_engine(settings)).list()
+    rows = JobQueue(open_engine(settings, must_exist=True)).list()
     if not rows:
         print("no publishing jobs")
         return 0

@@ -17,6 +17,8 @@ from xds.db import metadata
 
 QUEUED, RUNNING, RETRYING, DONE, FAILED = "queued", "running", "retrying", "done", "failed"
 LEASE = timedelta(minutes=10)
+HEARTBEAT_SECONDS = 10.0  # how often a running worker says so
+HEARTBEAT_FRESH = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 FIRST_RETRY_SECONDS = 2.0
 MAX_RETRY_SECONDS = 600.0
 
@@ -46,6 +48,15 @@ published_manifest = Table(
     Column("published_at", DateTime(timezone=True), nullable=False),
     # "current", or "replaced" once a later manifest of the study took its place (RPLC).
     Column("status", String(16), nullable=False),
+)
+
+# One row per running publishing worker (an ``xdsi serve`` process), refreshed every
+# HEARTBEAT_SECONDS: ``xdsi publish`` asks it whether anyone will run the job it queues.
+publish_worker = Table(
+    "publish_worker",
+    metadata,
+    Column("worker_id", String(64), primary_key=True),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
 )
 
 
@@ -147,6 +158,29 @@ class JobQueue:
                 .where(publish_job.c.study_uid == study_uid)
                 .where(publish_job.c.state.in_((QUEUED, RETRYING, RUNNING)))
             ).first() is not None
+
+    def heartbeat(self, worker_id: str) -> None:
+        """Say that the worker ``worker_id`` runs (and forget workers silent for an hour)."""
+        now = _now()
+        with self.engine.begin() as conn:
+            refreshed = conn.execute(update(publish_worker)
+                                     .where(publish_worker.c.worker_id == worker_id)
+                                     .values(seen_at=now)).rowcount
+            if not refreshed:
+                conn.execute(publish_worker.insert().values(worker_id=worker_id, seen_at=now))
+            conn.execute(publish_worker.delete()
+                         .where(publish_worker.c.seen_at < now - timedelta(hours=1)))
+
+    def stop_heartbeat(self, worker_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(publish_worker.delete().where(publish_worker.c.worker_id == worker_id))
+
+    def worker_running(self) -> bool:
+        """True if a worker said it runs within HEARTBEAT_FRESH."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(publish_worker.c.worker_id)
+                                .where(publish_worker.c.seen_at >= _now() - HEARTBEAT_FRESH)
+                                ).first() is not None
 
     def _set(self, job_id: int, **values) -> None:
         with self.engine.begin() as conn:

@@ -9,8 +9,11 @@ RPLC association, so the earlier DocumentEntry ends Deprecated in the registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from soap.faults import SoapFault
 from soap.mtom import OutgoingPart, xop_include
 from xds import ebrim
 from xds.errors import RegistryError, effective_status, parse_registry_response
-from xds.jobs import JobQueue, ManifestLedger
+from xds.jobs import HEARTBEAT_SECONDS, JobQueue, ManifestLedger
 from xds.manifest_metadata import StudyFacts, build_provide_and_register
 from xds.profile import load_profile
 
@@ -191,22 +194,47 @@ class Publisher:
                 self.jobs.enqueue(study_uid, reason="stable")
 
     async def worker(self, poll_seconds: float = 0.5, scan_seconds: float = 5.0) -> None:
-        """Run jobs until cancelled; look for newly stable studies every ``scan_seconds``."""
+        """Run jobs until cancelled; look for newly stable studies every ``scan_seconds``.
+        Beside it, a heartbeat says every HEARTBEAT_SECONDS that a worker runs."""
+        worker_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        beating = asyncio.create_task(self._heartbeats(worker_id))
         next_scan = 0.0
+        try:
+            while True:
+                next_scan = await self._work(poll_seconds, scan_seconds, next_scan)
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+            with contextlib.suppress(Exception):  # otherwise the row goes stale by itself
+                await run_in_threadpool(self.jobs.stop_heartbeat, worker_id)
+
+    async def _heartbeats(self, worker_id: str) -> None:
         while True:
             try:
-                if time.monotonic() >= next_scan:
-                    await run_in_threadpool(self.queue_stable_studies)
-                    next_scan = time.monotonic() + min(scan_seconds, max(self.settings.source.publish_delay_seconds, 0.5))
-                job = await run_in_threadpool(self.jobs.claim)
-                if job is not None:
-                    await self.run_job(job)
-                    continue
-            except asyncio.CancelledError:
-                raise
+                await run_in_threadpool(self.jobs.heartbeat, worker_id)
             except Exception:
-                log.exception("publishing worker error")
-            await asyncio.sleep(poll_seconds)
+                log.exception("publishing worker: heartbeat not recorded")
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _work(self, poll_seconds: float, scan_seconds: float, next_scan: float) -> float:
+        """One turn: a scan for stable studies when due, then one job, or a pause when there
+        was none. Returns when the next scan is due."""
+        try:
+            if time.monotonic() >= next_scan:
+                await run_in_threadpool(self.queue_stable_studies)
+                next_scan = time.monotonic() + min(scan_seconds,
+                                                   max(self.settings.source.publish_delay_seconds, 0.5))
+            job = await run_in_threadpool(self.jobs.claim)
+            if job is not None:
+                await self.run_job(job)
+                return next_scan
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("publishing worker error")
+        await asyncio.sleep(poll_seconds)
+        return next_scan
 
 
 def _encode(kos) -> bytes:

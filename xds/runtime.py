@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+from pathlib import Path
 
 import uvicorn
+from sqlalchemy.engine import make_url
 
 from xds.config import Settings
 from xds.db import create_all, create_engine
@@ -15,7 +17,18 @@ from xds.db import create_all, create_engine
 log = logging.getLogger(__name__)
 
 
-def open_engine(settings: Settings):
+class StartError(RuntimeError):
+    """A command cannot start: the message says why, in the user's terms."""
+
+
+def open_engine(settings: Settings, must_exist: bool = False):
+    """The database engine, tables made. ``must_exist``: for commands that use the running
+    service's database, a SQLite file that is not there is an error, not a new database."""
+    url = make_url(settings.database_url)
+    if must_exist and url.get_backend_name() == "sqlite" and url.database \
+            and not Path(url.database).exists():
+        raise StartError(f"no database at {url.database}: run this in the service's working "
+                         f"folder, or give its configuration (xdsi --config FILE ...)")
     settings.data_path.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
     create_all(engine)
@@ -80,10 +93,6 @@ def _move_destinations(settings: Settings) -> dict[str, tuple[str, int]]:
         host, _, port = address.rpartition(":")
         destinations[ae] = (host, int(port))
     return destinations
-
-
-class StartError(RuntimeError):
-    """The service cannot start: the message says why, in the user's terms."""
 
 
 def run_server(settings: Settings) -> int:
