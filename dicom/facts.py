@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -144,7 +144,8 @@ def facts_of(header: Dataset) -> Facts:
     encoding = _PLAIN_ENCODINGS.get(charset, "")
 
     def text(keyword: str, dataset: Dataset | None = header) -> str | None:
-        return _text_in(dataset, keyword, encoding)
+        # A sequence item may have a character set of its own: its text is pydicom's to read.
+        return _text_in(dataset, keyword, encoding if dataset is header else "")
 
     patient = {
         "patient_id": text("PatientID") or "",
@@ -245,15 +246,24 @@ def _raw_text(dataset: Dataset, keyword: str, encoding: str):
     value = element.value
     if b"\\" in value:
         return _BY_PYDICOM
-    if element.VR in _ASCII_VRS:
+    vr = element.VR or _dictionary_vr(element.tag)  # Implicit VR: the dictionary's, as pydicom
+    if vr in _ASCII_VRS:
         encoding = "ascii"
-    elif element.VR not in _TEXT_VRS or not encoding:
+    elif vr not in _TEXT_VRS or not encoding:
         return _BY_PYDICOM
     try:
         text = value.decode(encoding)
     except UnicodeDecodeError:
         return _BY_PYDICOM
-    return text.strip().rstrip("\x00") or None
+    # Padding as pydicom drops it: trailing spaces and NULs in any order ("1.2.3 \0").
+    return text.rstrip(" \x00").strip() or None
+
+
+def _dictionary_vr(tag) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:  # a private or unknown tag
+        return None
 
 
 def _int(dataset: Dataset, keyword: str) -> int | None:

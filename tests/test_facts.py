@@ -85,3 +85,63 @@ def test_code_extensions_are_left_to_pydicom(monkeypatch):
                           "SOPClassUID", "StudyDate", "StudyTime", "Modality", "SeriesNumber",
                           "InstanceNumber", "PatientSex", "PatientBirthDate", "SeriesDate",
                           "SeriesTime", "BodyPartExamined", "NumberOfFrames"}
+
+
+def _data_set(elements: dict[str, bytes], implicit: bool) -> bytes:
+    """Bytes of a data set with these raw values (tags in order), Explicit or Implicit VR LE."""
+    import struct
+
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    encoded = b""
+    for keyword, value in sorted(elements.items(), key=lambda item: tag_for_keyword(item[0])):
+        tag = tag_for_keyword(keyword)
+        head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        if implicit:
+            encoded += head + struct.pack("<I", len(value)) + value
+        else:
+            encoded += head + dictionary_VR(tag).encode() + struct.pack("<H", len(value)) + value
+    return encoded
+
+
+PADDED = {
+    "SOPClassUID": b"1.2.840.10008.5.1.4.1.1.7\x00",
+    "SOPInstanceUID": b"1.2.34 \x00",  # space then NUL: pydicom drops both
+    "StudyInstanceUID": b"1.2.35\x00\x00",
+    "SeriesInstanceUID": b"1.2.36  ",
+    "StudyDate": b"20240105",
+    "AccessionNumber": b"ACC1 \x00",
+    "Modality": b"CT \x00",
+    "PatientID": b" PID-1 \x00",
+    "StudyDescription": b"Head\x00\x00",
+    "SeriesDescription": b"",
+    "BodyPartExamined": b"HEAD\\NECK ",
+    "SeriesNumber": b" 12 ",
+    "InstanceNumber": b"3\x00",
+}
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_padding_and_empty_values_read_as_pydicom_reads_them(implicit, monkeypatch):
+    from dicom.facts import facts_from_head
+
+    syntax = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
+    data_set = _data_set(PADDED, implicit)
+    fast = facts_from_head(data_set, syntax, whole=True)
+    assert fast.sop_instance_uid == "1.2.34" and fast.patient["patient_id"] == "PID-1"
+    with monkeypatch.context() as patched:
+        _by_pydicom_only(patched)
+        assert facts_from_head(data_set, syntax, whole=True) == fast
+
+
+def test_a_sequence_item_with_its_own_character_set_is_read_with_it(tmp_path):
+    from pydicom.dataset import Dataset
+
+    path = small_instance(tmp_path / "a.dcm", charset="ISO_IR 100")
+    ds = dcmread(path)
+    issuer = Dataset()
+    issuer.SpecificCharacterSet = "ISO_IR 192"
+    issuer.LocalNamespaceEntityID = "Hôpital Nord"
+    ds.IssuerOfAccessionNumberSequence = [issuer]
+    ds.save_as(path, enforce_file_format=True)
+    assert read_facts(path).study["accession_issuer_local_id"] == "Hôpital Nord"
