@@ -129,3 +129,29 @@ def test_serve_on_a_taken_port_says_which_setting(tmp_path):
     assert result.returncode == 1
     assert f"DICOM (dicom.host, dicom.port) 127.0.0.1:{port} cannot be used" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_port_check_knows_ipv6_hosts():
+    import socket
+
+    import pytest
+
+    from xds.runtime import StartError, _check_port
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with socket.socket(socket.AF_INET6) as taken:
+        try:
+            taken.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        port = taken.getsockname()[1]
+        taken.listen()
+        with pytest.raises(StartError, match="cannot be used"):
+            _check_port("::1", port, "HTTP")
+    _check_port("::1", port, "HTTP")  # free again: no error
+
+
+def test_http_and_dicom_on_one_port_is_a_configuration_error(tmp_path):
+    result = xdsi("serve", cwd=tmp_path, env=_env(XDSI_SERVER_PORT="18080", XDSI_DICOM_PORT="18080"))
+    assert result.returncode == 2 and "dicom.port" in result.stderr

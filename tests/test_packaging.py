@@ -28,3 +28,16 @@ def test_the_wheel_holds_the_wsdls_schemas_and_profiles(tmp_path):
     assert {"xds/profiles/default.toml", "xds/profiles/nist-ids.toml",
             "xds/profiles/example.toml"} <= names
     assert not any(name.startswith(("tests/", "scripts/")) for name in names)
+
+    # Installed elsewhere than the environment (a --prefix, like /usr/local or ~/.local), the
+    # service still finds them, from the installation's record.
+    prefix = tmp_path / "prefix"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True,
+                   timeout=300)
+    [site_packages] = prefix.glob("lib/python3*/site-packages")
+    found = subprocess.run(
+        [sys.executable, "-c", "import xds.service as s; print(s.WSDL_DIR); print(s.SCHEMA_DIR)"],
+        cwd=tmp_path, env={"PYTHONPATH": str(site_packages), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True, timeout=120).stdout.split()
+    assert found == [str(prefix / "share" / "xdsi" / "wsdl"), str(prefix / "share" / "xdsi" / "schemas")]

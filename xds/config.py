@@ -206,6 +206,11 @@ def _validate(settings: Settings) -> None:
                         ("source.unique_id", settings.source.unique_id)):
         if not OID.match(value) or len(value) > 64:
             raise ConfigError(f"{name}: {value!r} is not an OID of at most 64 characters")
+    wildcard = ("", "0.0.0.0", "::")
+    if (settings.dicom.enabled and settings.dicom.port == settings.server.port
+            and (settings.dicom.host == settings.server.host
+                 or wildcard.count(settings.dicom.host) + wildcard.count(settings.server.host))):
+        raise ConfigError(f"dicom.port: {settings.dicom.port} is server.port too")
     if not AE_TITLE.match(settings.dicom.ae_title):
         raise ConfigError(f"dicom.ae_title: {settings.dicom.ae_title!r} is not a valid AE title")
     for ae, address in settings.dicom.move_destinations.items():

@@ -25,11 +25,13 @@ def open_engine(settings: Settings, must_exist: bool = False):
     """The database engine, tables made. ``must_exist``: for commands that use the running
     service's database, a SQLite file that is not there is an error, not a new database."""
     url = make_url(settings.database_url)
-    if must_exist and url.get_backend_name() == "sqlite" and url.database \
-            and not Path(url.database).exists():
+    sqlite_file = (url.get_backend_name() == "sqlite" and url.database
+                   and url.database != ":memory:" and not url.query.get("uri"))
+    if must_exist and sqlite_file and not Path(url.database).exists():
         raise StartError(f"no database at {url.database}: run this in the service's working "
                          f"folder, or give its configuration (xdsi --config FILE ...)")
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    if sqlite_file:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
     create_all(engine)
     return engine
@@ -109,9 +111,18 @@ def run_server(settings: Settings) -> int:
 
 
 def _check_port(host: str, port: int, what: str) -> None:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise StartError(f"{what} {host}:{port} cannot be used: {exc.strerror}") from None
+    """Bind (and let go) every address ``host`` stands for, IPv4 or IPv6, as the server will."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartError(f"{what} {host}:{port} cannot be used: {exc.strerror}") from None
+    for family, kind, protocol, _name, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise StartError(f"{what} {host}:{port} cannot be used: {exc.strerror}") from None

@@ -10,8 +10,8 @@ Endpoints (each also answers ``GET ...?wsdl`` with the project's own WSDL):
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
-import sys
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -36,11 +36,19 @@ log = logging.getLogger(__name__)
 
 def _resource_folder(name: str) -> Path:
     """``wsdl`` or ``schemas``: beside the code in a checkout (and an editable install), or
-    where an installed wheel put them (``share/xdsi``, under the environment's prefix)."""
+    where pip put an installed wheel's data files (``share/xdsi/<name>`` under the scheme's
+    data path: the environment, /usr/local, ~/.local...), as the installation records it."""
     beside = Path(__file__).resolve().parents[1] / name
     if beside.is_dir():
         return beside
-    return Path(sys.prefix) / "share" / "xdsi" / name
+    try:
+        files = importlib.metadata.distribution("xdsi").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.parts[-4:-1] == ("share", "xdsi", name):
+            return Path(file.locate()).resolve().parent
+    return beside  # not found: the error names where it was looked for first
 
 
 WSDL_DIR = _resource_folder("wsdl")
