@@ -69,6 +69,7 @@ UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2
 def dicom_files(paths: list[Path]) -> dict[str, dict[str, list[Path]]]:
     """Study Instance UID -> transfer syntax UID -> files, for every Part 10 file under ``paths``."""
     studies: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    skipped = 0
     for path in paths:
         candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for candidate in candidates:
@@ -76,9 +77,14 @@ def dicom_files(paths: list[Path]) -> dict[str, dict[str, list[Path]]]:
                 header = pydicom.dcmread(candidate, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
                 syntax = str(header.file_meta.TransferSyntaxUID)
             except Exception:
-                continue  # not DICOM, or no File Meta Information (storescu needs one)
+                skipped += 1  # not DICOM, or no File Meta Information (storescu needs one)
+                continue
             if "StudyInstanceUID" in header:
                 studies[str(header.StudyInstanceUID)][syntax].append(candidate)
+            else:
+                skipped += 1
+    if skipped:
+        print(f"skipped {skipped} file(s) that are not DICOM Part 10 files with a study")
     return studies
 
 
@@ -95,15 +101,22 @@ def send(files_by_syntax: dict[str, list[Path]], port: int, env: dict) -> int:
             print(f"  skipped {len(files)} file(s) in transfer syntax {syntax}: storescu cannot offer it "
                   f"(archive them with 'xdsi import')")
             continue
-        result = subprocess.run(["storescu", *options, "-aet", "DEMO", "-aec", "XDSI", "127.0.0.1", str(port),
-                                 *map(str, files)], env=dict(env, TCP_NODELAY="1"), capture_output=True, text=True)
-        failed = result.stderr.count("Store Failed")
-        if result.returncode != 0 and not failed:
-            raise SystemExit(f"storescu failed: {result.stderr}")
+        # -nh: carry on after a refused file; -v: a line per answer, refusals included.
+        result = subprocess.run(["storescu", "-nh", "-v", *options, "-aet", "DEMO", "-aec", "XDSI", "127.0.0.1",
+                                 str(port), *map(str, files)], env=dict(env, TCP_NODELAY="1"),
+                                capture_output=True, text=True)
+        answers = [line for line in (result.stdout + result.stderr).splitlines()
+                   if "Received Store Response" in line]
+        stored = sum("(Success" in line or "(Warning" in line for line in answers)
+        if result.returncode != 0 and not answers:
+            raise SystemExit(f"storescu failed: {result.stderr.strip() or result.returncode}")
+        for line in answers:
+            if "(Success" not in line and "(Warning" not in line:
+                print(f"  storescu: {line.split(': ', 1)[-1]}")
         for line in result.stderr.splitlines():
             if line.startswith("E: "):
                 print(f"  storescu: {line[3:]}")
-        sent += len(files) - failed
+        sent += stored
     return sent
 
 

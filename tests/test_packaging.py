@@ -32,12 +32,15 @@ def test_the_wheel_holds_the_wsdls_schemas_and_profiles(tmp_path):
     # Installed elsewhere than the environment (a --prefix, like /usr/local or ~/.local), the
     # service still finds them, from the installation's record.
     prefix = tmp_path / "prefix"
+    # --ignore-installed: without it pip would first uninstall this environment's xdsi.
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True,
-                   timeout=300)
+                    "--ignore-installed", "--prefix", str(prefix), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
     [site_packages] = prefix.glob("lib/python3*/site-packages")
     found = subprocess.run(
         [sys.executable, "-c", "import xds.service as s; print(s.WSDL_DIR); print(s.SCHEMA_DIR)"],
         cwd=tmp_path, env={"PYTHONPATH": str(site_packages), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, check=True, timeout=120).stdout.split()
     assert found == [str(prefix / "share" / "xdsi" / "wsdl"), str(prefix / "share" / "xdsi" / "schemas")]
+    assert "Editable project location" in subprocess.run(
+        [sys.executable, "-m", "pip", "show", "xdsi"], capture_output=True, text=True).stdout

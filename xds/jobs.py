@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Column, DateTime, Integer, String, Table, Text, and_, or_, select, update
+from sqlalchemy import (Column, DateTime, Integer, String, Table, Text, and_, func, or_, select,
+                        update)
 
 from xds.db import metadata
 
@@ -82,6 +83,14 @@ class PublishedManifest:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _database_now(conn) -> datetime:
+    """The database server's clock where it has one (PostgreSQL): services and commands on
+    different hosts then compare heartbeats on one clock. A SQLite file has only this host's."""
+    if conn.dialect.name == "postgresql":
+        return conn.execute(select(func.now())).scalar()
+    return _now()
 
 
 class JobQueue:
@@ -161,8 +170,8 @@ class JobQueue:
 
     def heartbeat(self, worker_id: str) -> None:
         """Say that the worker ``worker_id`` runs (and forget workers silent for an hour)."""
-        now = _now()
         with self.engine.begin() as conn:
+            now = _database_now(conn)
             refreshed = conn.execute(update(publish_worker)
                                      .where(publish_worker.c.worker_id == worker_id)
                                      .values(seen_at=now)).rowcount
@@ -178,9 +187,9 @@ class JobQueue:
     def worker_running(self) -> bool:
         """True if a worker said it runs within HEARTBEAT_FRESH."""
         with self.engine.connect() as conn:
+            fresh = _database_now(conn) - HEARTBEAT_FRESH
             return conn.execute(select(publish_worker.c.worker_id)
-                                .where(publish_worker.c.seen_at >= _now() - HEARTBEAT_FRESH)
-                                ).first() is not None
+                                .where(publish_worker.c.seen_at >= fresh)).first() is not None
 
     def _set(self, job_id: int, **values) -> None:
         with self.engine.begin() as conn:
