@@ -7,13 +7,13 @@
 2. read the index values from its header (never the pixel data);
 3. an instance already indexed under that SOP Instance UID is a duplicate when its data set
    hash is the same (nothing is rewritten) and a conflict otherwise (the original is kept);
-4. otherwise move the spool into place (atomic rename, directory fsync) and index it in one
-   short transaction. Only when that transaction has committed does ``store`` return
-   ``stored``, so the caller may acknowledge.
+4. otherwise give the spool its key (a hard link, then a directory fsync) and index it in one
+   short transaction, committed once the file and its name are on disk. Only then does
+   ``store`` return ``stored``, so the caller may acknowledge.
 
-Blob keys carry a prefix of the content hash (``dicom/<study>/<series>/<sop>.<sha1[:16]>.dcm``):
-two senders racing with different content under one SOP Instance UID then never overwrite
-each other's file; the loser's row insert fails on the unique constraint and its file is removed.
+Each store gets a blob key of its own (``dicom/<study>/<series>/<sop>.<sha1[:16]>.<random>.dcm``):
+two stores racing under one SOP Instance UID never touch each other's file; the loser's row
+insert fails on the unique constraint and its file is removed.
 
 Safe to share between threads; several processes may share one database and blob store.
 """
@@ -311,7 +311,7 @@ class Archive:
         sop_uid, sha1 = facts.sop_instance_uid, facts.instance["sha1"]
         key = (f"dicom/{facts.study_uid}/{facts.series_uid}/"
                f"{sop_uid}.{sha1[:16]}.{secrets.token_hex(4)}.dcm")
-        placed, folder_synced = False, None
+        placed, folder_synced, committing = False, None, False
         try:
             for _attempt in range(RETRIES):
                 try:
@@ -327,10 +327,12 @@ class Archive:
                             # Before the commit: the file's bytes and name on disk.
                             spool.wait_durable()
                             folder_synced.result()
+                            committing = True  # an error from here on may follow a commit
                 except IntegrityError:
                     # Another writer inserted the same instance, or the same patient, study or
                     # series row first: look again with fresh state.
                     self._forget(facts.series_uid)
+                    committing = False
                     continue
                 if existing is None:
                     self._remember(facts.series_uid, ids)
@@ -340,7 +342,11 @@ class Archive:
                 return self._repeat(existing, facts)
             raise RuntimeError(f"could not index instance {sop_uid} after {RETRIES} attempts")
         except BaseException:
-            if placed:
+            if committing:
+                # The commit itself failed: the database may still have completed it (a lost
+                # answer), so the file stays; unnamed, it is only unused space.
+                log.warning("instance %s: commit failed, file %s kept", sop_uid, key)
+            elif placed:
                 self._unplace(sop_uid, key)
             raise
 

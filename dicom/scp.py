@@ -16,6 +16,7 @@ Every handler is registered in ``DicomServer._handlers``: add new services there
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import threading
@@ -186,7 +187,8 @@ class DicomServer:
             self._associations[id(event.assoc)] = _AssociationLog()
 
     def _on_closed(self, event) -> None:
-        landing.discard_unfinished(event.assoc)
+        with contextlib.suppress(OSError):  # the sweep removes it later
+            landing.discard_unfinished(event.assoc)
         with self._lock:
             record = self._associations.pop(id(event.assoc), None)
         if record is None:

@@ -36,9 +36,11 @@ DUL_POLL_SECONDS = 0.0
 DUL_IDLE_WAIT = 0.05
 # The first buffer of a PDU read (doubled as its bytes arrive).
 RECV_FIRST_BYTES = 1 << 20
-# The longest PDU accepted, also announced to requesters as our Maximum Length Received
-# (PS3.8 D.1): a longer one closes the connection unread.
+# Our Maximum Length Received, announced to requesters (PS3.8 D.1), and the longest PDU read:
+# some senders overshoot the length announced a little, so only a PDU over the hard limit
+# closes the connection unread.
 MAX_PDU_LENGTH = 1 << 22
+HARD_PDU_LIMIT = 4 * MAX_PDU_LENGTH
 # How often a thread waiting for the peer's next association PDU checks that the connection
 # still stands.
 RECEIVE_SLICE = 0.25
@@ -191,17 +193,17 @@ def _read_in_large_pieces(transport) -> None:
     into the buffer. Same result: the bytes asked for, or fewer when the connection closed.
 
     The length asked for comes from the peer's PDU header (up to 4 GiB, before any
-    association exists): above MAX_PDU_LENGTH nothing is read, and below it the buffer starts
+    association exists): above HARD_PDU_LIMIT nothing is read, and below it the buffer starts
     at RECV_FIRST_BYTES at most and doubles only as bytes really arrive, so memory follows
     what was sent, never what was announced."""
     if transport is None or not callable(getattr(transport, "recv", None)):
         return
 
     def recv(nr_bytes: int) -> bytearray:
-        if nr_bytes > MAX_PDU_LENGTH:
+        if nr_bytes > HARD_PDU_LIMIT:
             # Fewer bytes than asked: pynetdicom closes the connection (Evt17).
             log.warning("a PDU of %d bytes announced, above the %d accepted: connection closed",
-                        nr_bytes, MAX_PDU_LENGTH)
+                        nr_bytes, HARD_PDU_LIMIT)
             return bytearray()
         received = bytearray(min(nr_bytes, RECV_FIRST_BYTES))
         nr_read = 0

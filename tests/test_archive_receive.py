@@ -333,3 +333,24 @@ def test_a_landed_digest_that_does_not_fit_the_file_is_not_trusted(archive, tmp_
     assert archive.receive(path, adopt=True, landed=digest.result()).outcome.value == "stored"
     assert archive.instance(header.SOPInstanceUID).sha1 == \
         hashlib.sha1(data_set_bytes(source)).hexdigest()
+
+
+def test_a_failed_commit_keeps_the_file_the_database_may_name(archive, tmp_path):
+    """The commit's answer may be lost after the database completed it: the file stays (an
+    unnamed one is only unused space; a row without its file would be a lost instance)."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    def lost_commit(_connection):
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    source = small_instance(tmp_path / "a.dcm")
+    landed, header = _landed(archive, source)
+    event.listen(archive.engine, "commit", lost_commit)
+    try:
+        with pytest.raises(OperationalError):
+            archive.receive(landed, adopt=True)
+    finally:
+        event.remove(archive.engine, "commit", lost_commit)
+    [kept] = _blob_files(archive)
+    assert kept.read_bytes().endswith(data_set_bytes(source))
