@@ -171,6 +171,7 @@ class DicomServer:
             _use_chunked_receive(False)
             raise
         tuning.copy_contexts_cheaply(self._server)
+        tuning.read_uids_once()
         log.info("DICOM AE %s listening on %s:%d", self.ae_title, self.host, self.port)
 
     def stop(self) -> None:
@@ -374,8 +375,13 @@ def _failure(status: int, comment: str, offending: int | None = None) -> Dataset
 
 
 def _use_chunked_receive(on: bool) -> None:
-    """pynetdicom's switch is process-wide: on while any server runs, as it was after."""
+    """pynetdicom's switch is process-wide: on while any server runs, as it was after.
+
+    pynetdicom's own event logging goes too while a server runs: a line at INFO for every
+    instance received ("Received Store Request"), and handlers called for every PDU, when our
+    log has a line per association with its counts."""
     global _chunked_users
     with _chunked_lock:
         _chunked_users += 1 if on else -1
         _config.STORE_RECV_CHUNKED_DATASET = _chunked_users > 0
+        _config.LOG_HANDLER_LEVEL = "none" if _chunked_users > 0 else "standard"

@@ -294,3 +294,24 @@ def test_a_busy_folder_is_swept_too(tmp_path, monkeypatch):
         taken.close()
     finally:
         ready.close()
+
+
+def test_no_log_line_per_instance_while_the_server_runs(running, tmp_path, caplog):
+    """pynetdicom's own event logging (a line per instance at INFO) is off while our server
+    runs; our line per association says what was stored. It is back once the server stops."""
+    import logging
+
+    folder = tmp_path / "send"
+    folder.mkdir()
+    for number in range(3):
+        small_instance(folder / f"{number}.dcm")
+    with caplog.at_level(logging.INFO):
+        assert storescu(running.port, folder).returncode == 0
+        deadline = time.monotonic() + 10
+        while "3 stored" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+    assert "Received Store Request" not in caplog.text
+    assert _config.LOG_HANDLER_LEVEL == "none"
+    running.stop()
+    assert _config.LOG_HANDLER_LEVEL == "standard"

@@ -71,8 +71,6 @@ def build_app(settings: Settings, start_dicom: bool = True, start_worker: bool =
                                        host=settings.dicom.host, port=settings.dicom.port,
                                        move_destinations=_move_destinations(settings))
             dicom_server.start()
-            log.info("DICOM archive %s listening on %s:%d", settings.dicom.ae_title, settings.dicom.host,
-                     settings.dicom.port)
         if start_worker:
             worker = asyncio.create_task(components.publisher.worker())
         try:
