@@ -251,3 +251,27 @@ def test_a_connection_closed_before_any_association_request_frees_its_thread(tmp
         assert dcmtk("echoscu", server.port).returncode == 0  # and the server still answers
     finally:
         server.stop()
+
+
+def test_uids_read_once_are_the_uids_pynetdicom_makes():
+    """The shared UIDs equal pynetdicom's own; a refused value is refused every time."""
+    from pydicom.uid import UID
+    from pynetdicom import pdu_items, utils
+
+    from dicom.tuning import read_uids_once
+
+    read_uids_once()
+    cached = pdu_items.set_uid
+    assert cached is not utils.set_uid and cached.cache_info is not None
+    for value in (b"1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1", UID("1.2.840.10008.1.2.1")):
+        made = cached(value, "Transfer Syntax Name")
+        assert made == utils.set_uid(value, "Transfer Syntax Name") and type(made) is UID
+    hits = cached.cache_info().hits
+    cached(b"1.2.840.10008.1.2.1", "Transfer Syntax Name")
+    assert cached.cache_info().hits == hits + 1
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            cached("1" * 65, "Abstract Syntax Name", allow_empty=False)
+    assert cached(None, "Abstract Syntax Name") is None
+    read_uids_once()  # a second call leaves the first in place
+    assert pdu_items.set_uid is cached
