@@ -29,7 +29,6 @@ from tests.test_registry_embedded import PATIENT, TWO_DOCS, _ids, _query, _statu
 from xds import ebrim
 from xds.metadata import RIM_CLASSIFICATION, Submission
 from xds.registry import EmbeddedRegistry
-from xds.registry.iti18_related import GET_DOCUMENTS_AND_ASSOCIATIONS, GET_RELATED_DOCUMENTS
 
 OTHER_PATIENT = "other77^^^&1.2.3.45.4.3.2.1&ISO"
 SOURCE_A = "1.3.6.1.4.1.21367.13.2250"
@@ -267,7 +266,7 @@ def test_get_submission_set_and_contents_document_filters(registry: EmbeddedRegi
 def test_get_documents_and_associations(registry: EmbeddedRegistry) -> None:
     rplc = rplc_link(registry)
     answer = ask(
-        registry, GET_DOCUMENTS_AND_ASSOCIATIONS, {"$XDSDocumentEntryEntryUUID": [f"('{DOC_A1}')"]}
+        registry, ebrim.GET_DOCUMENTS_AND_ASSOCIATIONS, {"$XDSDocumentEntryEntryUUID": [f"('{DOC_A1}')"]}
     )
     assert kinds(answer) == ["ExtrinsicObject", "Association", "Association"]
     assert _ids(answer) == sorted([DOC_A1, LINK_A1, rplc])
@@ -277,7 +276,7 @@ def test_get_documents_and_associations(registry: EmbeddedRegistry) -> None:
 
     by_unique_id = ask(
         registry,
-        GET_DOCUMENTS_AND_ASSOCIATIONS,
+        ebrim.GET_DOCUMENTS_AND_ASSOCIATIONS,
         {"$XDSDocumentEntryUniqueId": [f"('{UNIQUE_A2}', '{UNIQUE_A1}.7')"]},
         ebrim.RETURN_OBJECT_REF,
     )
@@ -294,7 +293,7 @@ def test_get_related_documents_follows_rplc_to_the_successor(registry: EmbeddedR
         "$XDSDocumentEntryEntryUUID": [f"'{DOC_A1}'"],
         "$AssociationTypes": [f"('{ebrim.RPLC}', '{ebrim.APND}')"],
     }
-    answer = ask(registry, GET_RELATED_DOCUMENTS, params)
+    answer = ask(registry, ebrim.GET_RELATED_DOCUMENTS, params)
     assert kinds(answer) == ["ExtrinsicObject", "ExtrinsicObject", "Association"]
     found = objects(answer)
     assert set(found) == {DOC_A1, DOC_B, rplc}
@@ -308,7 +307,7 @@ def test_get_related_documents_follows_rplc_to_the_successor(registry: EmbeddedR
         "$AssociationTypes": [f"('{ebrim.RPLC}')"],
         "$homeCommunityId": ["'urn:oid:1.2.3.4'"],
     }
-    refs = ask(registry, GET_RELATED_DOCUMENTS, from_successor, ebrim.RETURN_OBJECT_REF)
+    refs = ask(registry, ebrim.GET_RELATED_DOCUMENTS, from_successor, ebrim.RETURN_OBJECT_REF)
     assert _ids(refs) == sorted([DOC_A1, DOC_B, rplc])
 
 
@@ -319,12 +318,12 @@ def test_get_related_documents_returns_nothing_without_relation(
         "$XDSDocumentEntryEntryUUID": [f"'{DOC_A1}'"],
         "$AssociationTypes": [f"('{ebrim.APND}', '{ebrim.XFRM}', '{ebrim.SIGNS}')"],
     }
-    assert _ids(ask(registry, GET_RELATED_DOCUMENTS, other_type)) == []
+    assert _ids(ask(registry, ebrim.GET_RELATED_DOCUMENTS, other_type)) == []
     unrelated = {
         "$XDSDocumentEntryEntryUUID": [f"'{DOC_A2}'"],
         "$AssociationTypes": [f"('{ebrim.RPLC}')"],
     }
-    assert _ids(ask(registry, GET_RELATED_DOCUMENTS, unrelated)) == []
+    assert _ids(ask(registry, ebrim.GET_RELATED_DOCUMENTS, unrelated)) == []
 
 
 # -- parameter errors -------------------------------------------------------------------------------
@@ -416,43 +415,43 @@ ERROR_CASES = {
         "$XDSSubmissionSetEntryUUID",
     ),
     "docs-and-links-neither": (
-        GET_DOCUMENTS_AND_ASSOCIATIONS,
+        ebrim.GET_DOCUMENTS_AND_ASSOCIATIONS,
         {"$homeCommunityId": ["'urn:oid:1.2.3'"]},
         "XDSStoredQueryParamNumber",
         "GetDocumentsAndAssociations",
     ),
     "docs-and-links-both": (
-        GET_DOCUMENTS_AND_ASSOCIATIONS,
+        ebrim.GET_DOCUMENTS_AND_ASSOCIATIONS,
         {"$XDSDocumentEntryEntryUUID": [A_UUID], "$XDSDocumentEntryUniqueId": ["'1.2.3'"]},
         "XDSStoredQueryParamNumber",
         "GetDocumentsAndAssociations",
     ),
     "docs-and-links-bad-uuid": (
-        GET_DOCUMENTS_AND_ASSOCIATIONS,
+        ebrim.GET_DOCUMENTS_AND_ASSOCIATIONS,
         {"$XDSDocumentEntryEntryUUID": ["('urn:uuid:nope')"]},
         "XDSRegistryError",
         "$XDSDocumentEntryEntryUUID",
     ),
     "related-no-types": (
-        GET_RELATED_DOCUMENTS,
+        ebrim.GET_RELATED_DOCUMENTS,
         {"$XDSDocumentEntryEntryUUID": [A_UUID]},
         "XDSStoredQueryMissingParam",
         "$AssociationTypes",
     ),
     "related-has-member-type": (
-        GET_RELATED_DOCUMENTS,
+        ebrim.GET_RELATED_DOCUMENTS,
         {"$XDSDocumentEntryEntryUUID": [A_UUID], "$AssociationTypes": [f"('{ebrim.HAS_MEMBER}')"]},
         "XDSRegistryError",
         "$AssociationTypes",
     ),
     "related-two-documents": (
-        GET_RELATED_DOCUMENTS,
+        ebrim.GET_RELATED_DOCUMENTS,
         {"$XDSDocumentEntryUniqueId": ["('1.2.3', '1.2.4')"], "$AssociationTypes": RPLC_ONLY},
         "XDSStoredQueryParamNumber",
         "$XDSDocumentEntryUniqueId",
     ),
     "related-neither": (
-        GET_RELATED_DOCUMENTS,
+        ebrim.GET_RELATED_DOCUMENTS,
         {"$AssociationTypes": RPLC_ONLY},
         "XDSStoredQueryParamNumber",
         "GetRelatedDocuments",

@@ -40,10 +40,6 @@ from xds.registry.store import (
     registry_objects,
 )
 
-# Query ids ebrim does not name yet (ITI TF-2 Table 3.18.4.1.2.3.7-1).
-GET_DOCUMENTS_AND_ASSOCIATIONS = "urn:uuid:bab9529a-4a10-40b3-a01f-f68a615d247a"
-GET_RELATED_DOCUMENTS = "urn:uuid:d90e5407-b356-4d91-a89f-873917b4b0e6"
-
 SUBMISSION_TIME_PARAMETERS = {
     "$XDSSubmissionSetSubmissionTimeFrom": ("submission_time", ">="),
     "$XDSSubmissionSetSubmissionTimeTo": ("submission_time", "<"),
@@ -195,12 +191,12 @@ def get_related_documents(connection: Connection, parameters: Parameters) -> lis
 QUERIES: dict[str, Callable[[Connection, Parameters], list]] = {
     ebrim.FIND_SUBMISSION_SETS: find_submission_sets,
     ebrim.GET_SUBMISSION_SET_AND_CONTENTS: get_submission_set_and_contents,
-    GET_DOCUMENTS_AND_ASSOCIATIONS: get_documents_and_associations,
-    GET_RELATED_DOCUMENTS: get_related_documents,
+    ebrim.GET_DOCUMENTS_AND_ASSOCIATIONS: get_documents_and_associations,
+    ebrim.GET_RELATED_DOCUMENTS: get_related_documents,
 }
 QUERY_NAMES = {
     ebrim.FIND_SUBMISSION_SETS: "FindSubmissionSets",
     ebrim.GET_SUBMISSION_SET_AND_CONTENTS: "GetSubmissionSetAndContents",
-    GET_DOCUMENTS_AND_ASSOCIATIONS: "GetDocumentsAndAssociations",
-    GET_RELATED_DOCUMENTS: "GetRelatedDocuments",
+    ebrim.GET_DOCUMENTS_AND_ASSOCIATIONS: "GetDocumentsAndAssociations",
+    ebrim.GET_RELATED_DOCUMENTS: "GetRelatedDocuments",
 }
