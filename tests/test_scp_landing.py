@@ -63,6 +63,13 @@ def assert_only_ready_files(folder: Path) -> None:
     assert [path.name for path in files if path.stat().st_size] == []
 
 
+def wait_until(condition, failure: str, timeout: float = 10, step: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(step)
+
+
 def test_ready_files_go_when_the_server_stops_and_a_removed_one_is_replaced(tmp_path):
     from dicom.scp import DicomServer
 
@@ -211,17 +218,14 @@ def test_idle_ready_files_are_made_anew_so_that_no_sweep_takes_them(tmp_path, mo
     folder.mkdir()
     ready = landing.ReadyFiles(folder)
     try:
-        deadline = time.monotonic() + 10
-        while len(list(folder.iterdir())) < landing.READY_FILES:
-            assert time.monotonic() < deadline, "no landing file was made ready"
-            time.sleep(0.01)
-        first = {path.name for path in folder.iterdir()}
-        while first & {path.name for path in folder.iterdir()}:
-            assert time.monotonic() < deadline, "the idle ready files were kept"
-            time.sleep(0.05)
-        while len(list(folder.iterdir())) < landing.READY_FILES:
-            assert time.monotonic() < deadline, "no new landing file was made ready"
-            time.sleep(0.01)
+        def names() -> set[str]:
+            return {path.name for path in folder.iterdir()}
+
+        wait_until(lambda: len(names()) == landing.READY_FILES, "no landing file was made ready")
+        first = names()
+        wait_until(lambda: not first & names(), "the idle ready files were kept")
+        wait_until(lambda: len(names()) == landing.READY_FILES,
+                   "no new landing file was made ready")
         taken = ready.take()
         assert taken.is_linked()
         taken.close()
@@ -260,14 +264,12 @@ def test_a_data_set_cut_short_by_an_abort_leaves_no_landing_file(running, tmp_pa
     for fragment in fragments[:len(fragments) // 2]:
         association.dul.send_pdu(fragment)
 
-    deadline = time.monotonic() + 10
-    while not any(path.stat().st_size for path in archive.landing_folder.iterdir()):
-        assert time.monotonic() < deadline, "the data set never started landing"
-        time.sleep(0.01)
+    def landing_bytes() -> int:
+        return sum(path.stat().st_size for path in archive.landing_folder.iterdir())
+
+    wait_until(landing_bytes, "the data set never started landing")
     association.abort()
-    while any(path.stat().st_size for path in archive.landing_folder.iterdir()):
-        assert time.monotonic() < deadline, "the part landed stayed"
-        time.sleep(0.01)
+    wait_until(lambda: not landing_bytes(), "the part landed stayed")
     assert archive.instance(str(request.AffectedSOPInstanceUID)) is None
 
 
@@ -282,13 +284,13 @@ def test_a_busy_folder_is_swept_too(tmp_path, monkeypatch):
     os.utime(leftover, (two_hours_ago, two_hours_ago))
     ready = landing.ReadyFiles(folder)
     try:
-        deadline = time.monotonic() + 10
-        while leftover.exists():
-            assert time.monotonic() < deadline, "the leftover was never swept"
+        def busy_until_swept() -> bool:
             taken = ready.take()  # busy: a file every 50 ms
             taken.close()
             Path(taken.name).unlink()
-            time.sleep(0.05)
+            return not leftover.exists()
+
+        wait_until(busy_until_swept, "the leftover was never swept", step=0.05)
         taken = ready.take()
         assert taken.is_linked()
         taken.close()
@@ -307,10 +309,7 @@ def test_no_log_line_per_instance_while_the_server_runs(running, tmp_path, caplo
         small_instance(folder / f"{number}.dcm")
     with caplog.at_level(logging.INFO):
         assert storescu(running.port, folder).returncode == 0
-        deadline = time.monotonic() + 10
-        while "3 stored" not in caplog.text:
-            assert time.monotonic() < deadline, caplog.text
-            time.sleep(0.05)
+        wait_until(lambda: "3 stored" in caplog.text, "no line for the association")
     assert "Received Store Request" not in caplog.text
     assert _config.LOG_HANDLER_LEVEL == "none"
     running.stop()
