@@ -45,6 +45,15 @@ RECV_FIRST_BYTES = 1 << 20
 # closes the connection unread.
 MAX_PDU_LENGTH = 1 << 22
 HARD_PDU_LIMIT = 4 * MAX_PDU_LENGTH
+# An A-ASSOCIATE-RQ (PS3.8 9.3.2): its longest, and the transfer syntaxes one presentation
+# context may propose. A storescu proposing every storage class sends some 100 KB.
+ASSOCIATE_RQ_LIMIT = 1 << 20
+MAX_TRANSFER_SYNTAXES = 256
+_PDU_HEAD = struct.Struct(">BxL")
+_A_ASSOCIATE_RQ = 0x01
+_ASSOCIATE_RQ_FIXED = 68  # protocol version, reserved, called and calling AE titles, reserved
+_PRESENTATION_CONTEXT_RQ = 0x20
+_TRANSFER_SYNTAX_ITEM = 0x40
 # How often a thread waiting for the peer's next association PDU checks that the connection
 # still stands.
 RECEIVE_SLICE = 0.25
@@ -226,30 +235,75 @@ def _read_in_large_pieces(transport) -> None:
     The length asked for comes from the peer's PDU header (up to 4 GiB, before any
     association exists): above HARD_PDU_LIMIT nothing is read, and below it the buffer starts
     at RECV_FIRST_BYTES at most and doubles only as bytes really arrive, so memory follows
-    what was sent, never what was announced."""
+    what was sent, never what was announced. An A-ASSOCIATE-RQ, read before anyone is known,
+    is held to the limits of ``_acceptable_association_request``."""
     if transport is None or not callable(getattr(transport, "recv", None)):
         return
+    # pynetdicom reads each PDU as a 6-byte header, then its body: which one comes next.
+    expected = {"body_of": None}
 
     def recv(nr_bytes: int) -> bytearray:
-        if nr_bytes > HARD_PDU_LIMIT:
+        body_of, expected["body_of"] = expected["body_of"], None
+        limit = ASSOCIATE_RQ_LIMIT if body_of == _A_ASSOCIATE_RQ else HARD_PDU_LIMIT
+        if nr_bytes > limit:
             # Fewer bytes than asked: pynetdicom closes the connection (Evt17).
             log.warning("a PDU of %d bytes announced, above the %d accepted: connection closed",
-                        nr_bytes, HARD_PDU_LIMIT)
+                        nr_bytes, limit)
             return bytearray()
-        received = bytearray(min(nr_bytes, RECV_FIRST_BYTES))
-        nr_read = 0
-        while nr_read < nr_bytes:
-            if nr_read == len(received):
-                received.extend(bytes(min(nr_bytes - nr_read, len(received))))
-            with memoryview(received) as view:
-                count = transport.socket.recv_into(view[nr_read:])
-            if not count:
-                break
-            nr_read += count
-        del received[nr_read:]
+        received = _receive(transport.socket, nr_bytes)
+        if body_of is None and nr_bytes == _PDU_HEAD.size == len(received):
+            expected["body_of"] = received[0]
+        elif body_of == _A_ASSOCIATE_RQ and not _acceptable_association_request(received):
+            return bytearray()
         return received
 
     transport.recv = recv
+
+
+def _receive(connection, nr_bytes: int) -> bytearray:
+    received = bytearray(min(nr_bytes, RECV_FIRST_BYTES))
+    nr_read = 0
+    while nr_read < nr_bytes:
+        if nr_read == len(received):
+            received.extend(bytes(min(nr_bytes - nr_read, len(received))))
+        with memoryview(received) as view:
+            count = connection.recv_into(view[nr_read:])
+        if not count:
+            break
+        nr_read += count
+    del received[nr_read:]
+    return received
+
+
+def _acceptable_association_request(body: bytearray) -> bool:
+    """pynetdicom checks each proposed transfer syntax against those already seen in its
+    presentation context, one by one: 20,000 of them in one context would hold a core for
+    minutes, from a peer nobody knows yet. A context may propose MAX_TRANSFER_SYNTAXES (some
+    five times the transfer syntaxes DICOM defines), a request 128 contexts (PS3.8 9.3.2.2,
+    context IDs 1 to 255, odd)."""
+    position, contexts = _ASSOCIATE_RQ_FIXED, 0
+    while position + 4 <= len(body):
+        item_type, length = body[position], struct.unpack_from(">H", body, position + 2)[0]
+        if item_type == _PRESENTATION_CONTEXT_RQ:
+            contexts += 1
+            syntaxes = _count_sub_items(body, position + 8, position + 4 + length,
+                                        _TRANSFER_SYNTAX_ITEM)
+            if syntaxes > MAX_TRANSFER_SYNTAXES or contexts > 128:
+                log.warning("A-ASSOCIATE-RQ refused: %d presentation contexts, one with %d "
+                            "transfer syntaxes (at most 128 and %d): connection closed",
+                            contexts, syntaxes, MAX_TRANSFER_SYNTAXES)
+                return False
+        position += 4 + length
+    return True
+
+
+def _count_sub_items(body: bytearray, position: int, end: int, item_type: int) -> int:
+    count = 0
+    while position + 4 <= min(end, len(body)):
+        if body[position] == item_type:
+            count += 1
+        position += 4 + struct.unpack_from(">H", body, position + 2)[0]
+    return count
 
 
 def _wake_on_request(dimse, dul) -> None:

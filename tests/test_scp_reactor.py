@@ -275,3 +275,57 @@ def test_uids_read_once_are_the_uids_pynetdicom_makes():
     assert cached(None, "Abstract Syntax Name") is None
     read_uids_once()  # a second call leaves the first in place
     assert pdu_items.set_uid is cached
+
+
+def _associate_rq(contexts: int, syntaxes: int, called: bytes = b"XDSI") -> bytes:
+    """An A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing CT Image Storage ``contexts`` times, each
+    with ``syntaxes`` transfer syntaxes."""
+    import struct
+
+    def item(item_type: int, body: bytes) -> bytes:
+        return struct.pack(">BxH", item_type, len(body)) + body
+
+    proposed = b""
+    for number in range(contexts):
+        body = struct.pack(">BBBB", (2 * number + 1) % 256, 0, 0, 0)  # IDs are odd, 1 to 255
+        body += item(0x30, b"1.2.840.10008.5.1.4.1.1.2")
+        body += b"".join(item(0x40, b"1.2.840.10008.1.2.1" if n == 0 else f"1.2.3.{n}".encode())
+                         for n in range(syntaxes))
+        proposed += item(0x20, body)
+    user = item(0x50, item(0x51, struct.pack(">L", 16384)) + item(0x52, b"1.2.3.4"))
+    fields = (struct.pack(">HH", 1, 0) + called.ljust(16) + b"PEER".ljust(16) + bytes(32)
+              + item(0x10, b"1.2.840.10008.3.1.1.1") + proposed + user)
+    return struct.pack(">BxL", 1, len(fields)) + fields
+
+
+def _first_answer(port: int, pdu: bytes) -> bytes:
+    """The first byte the server answers (the PDU type), or b"" when it closes."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as peer:
+        peer.sendall(pdu)
+        try:
+            return peer.recv(1)
+        except ConnectionResetError:
+            return b""
+
+
+@pytest.mark.parametrize("contexts, syntaxes, answer", [
+    (128, 40, b"\x02"),     # every storage class, 40 syntaxes each: A-ASSOCIATE-AC
+    (2, 3000, b""),         # 3,000 syntaxes in one context: closed unread
+    (129, 1, b""),          # more contexts than context IDs exist
+])
+def test_association_requests_are_held_to_what_the_standard_allows(tmp_path, contexts, syntaxes,
+                                                                   answer):
+    from dicom.scp import DicomServer
+    from tests.servers import free_port
+    from tests.test_archive import new_archive
+
+    server = DicomServer(new_archive(tmp_path / "archive"), port=free_port())
+    server.start()
+    try:
+        started = time.monotonic()
+        assert _first_answer(server.port, _associate_rq(contexts, syntaxes)) == answer
+        assert time.monotonic() - started < 5
+    finally:
+        server.stop()
