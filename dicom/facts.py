@@ -244,7 +244,7 @@ def _raw_text(dataset: Dataset, keyword: str, encoding: str):
     if type(element) is not RawDataElement or element.value is None:
         return _BY_PYDICOM
     value = element.value
-    if b"\\" in value:
+    if b"\\" in value or b"\x1b" in value:  # several values, or code extension escapes
         return _BY_PYDICOM
     vr = element.VR or _dictionary_vr(element.tag)  # Implicit VR: the dictionary's, as pydicom
     if vr in _ASCII_VRS:
@@ -255,8 +255,8 @@ def _raw_text(dataset: Dataset, keyword: str, encoding: str):
         text = value.decode(encoding)
     except UnicodeDecodeError:
         return _BY_PYDICOM
-    # Padding as pydicom drops it: trailing spaces and NULs in any order ("1.2.3 \0").
-    return text.rstrip(" \x00").strip() or None
+    # Padding as pydicom drops it: trailing spaces, NULs and other white space in any order.
+    return text.rstrip(" \x00").strip().rstrip("\x00") or None
 
 
 def _dictionary_vr(tag) -> str | None:

@@ -48,7 +48,8 @@ HARD_PDU_LIMIT = 4 * MAX_PDU_LENGTH
 # An A-ASSOCIATE-RQ (PS3.8 9.3.2): its longest, and the transfer syntaxes one presentation
 # context may propose. A storescu proposing every storage class sends some 100 KB.
 ASSOCIATE_RQ_LIMIT = 1 << 20
-MAX_TRANSFER_SYNTAXES = 256
+MAX_TRANSFER_SYNTAXES = 64
+UID_CACHED_LENGTH = 66  # 64 characters and up to two padding bytes
 _PDU_HEAD = struct.Struct(">BxL")
 _A_ASSOCIATE_RQ = 0x01
 _ASSOCIATE_RQ_FIXED = 68  # protocol version, reserved, called and calling AE titles, reserved
@@ -217,7 +218,9 @@ def read_uids_once() -> None:
     def set_uid(value, name, allow_empty=True, allow_none=True, validate=True):
         if type(value) is UID and not hasattr(value, "_PRIVATE_TS_ENCODING"):
             value = str.__str__(value)  # its text: the UID made from it is an equal one
-        if type(value) in (str, bytes):
+        # Only what validation accepts is kept (a UID has at most 64 characters, padding
+        # aside): a peer's long junk would otherwise stay in memory for good.
+        if type(value) in (str, bytes) and validate and len(value) <= UID_CACHED_LENGTH:
             return made_once(value, name, allow_empty, allow_none, validate)
         return own(value, name, allow_empty, allow_none, validate)
 
@@ -278,9 +281,9 @@ def _receive(connection, nr_bytes: int) -> bytearray:
 def _acceptable_association_request(body: bytearray) -> bool:
     """pynetdicom checks each proposed transfer syntax against those already seen in its
     presentation context, one by one: 20,000 of them in one context would hold a core for
-    minutes, from a peer nobody knows yet. A context may propose MAX_TRANSFER_SYNTAXES (some
-    five times the transfer syntaxes DICOM defines), a request 128 contexts (PS3.8 9.3.2.2,
-    context IDs 1 to 255, odd)."""
+    minutes, from a peer nobody knows yet (and pynetdicom logs a warning for each syntax it does
+    not know). A context may propose MAX_TRANSFER_SYNTAXES (more than DICOM defines), a request
+    128 contexts (PS3.8 9.3.2.2, context IDs 1 to 255, odd)."""
     position, contexts = _ASSOCIATE_RQ_FIXED, 0
     while position + 4 <= len(body):
         item_type, length = body[position], struct.unpack_from(">H", body, position + 2)[0]

@@ -107,13 +107,13 @@ def _data_set(elements: dict[str, bytes], implicit: bool) -> bytes:
 PADDED = {
     "SOPClassUID": b"1.2.840.10008.5.1.4.1.1.7\x00",
     "SOPInstanceUID": b"1.2.34 \x00",  # space then NUL: pydicom drops both
-    "StudyInstanceUID": b"1.2.35\x00\x00",
+    "StudyInstanceUID": b"1.2.35\x00\n",
     "SeriesInstanceUID": b"1.2.36  ",
     "StudyDate": b"20240105",
     "AccessionNumber": b"ACC1 \x00",
     "Modality": b"CT \x00",
     "PatientID": b" PID-1 \x00",
-    "StudyDescription": b"Head\x00\x00",
+    "StudyDescription": b"CT\x1b(B Head",  # an escape under no character set
     "SeriesDescription": b"",
     "BodyPartExamined": b"HEAD\\NECK ",
     "SeriesNumber": b" 12 ",

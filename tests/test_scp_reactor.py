@@ -273,6 +273,12 @@ def test_uids_read_once_are_the_uids_pynetdicom_makes():
         with pytest.raises(ValueError):
             cached("1" * 65, "Abstract Syntax Name", allow_empty=False)
     assert cached(None, "Abstract Syntax Name") is None
+    # What validation does not accept is never kept: a peer cannot fill memory with it.
+    size = cached.cache_info().currsize
+    junk = b"1." + b"2" * 65000
+    assert cached(junk, "Transfer Syntax Name", validate=False) == junk.decode()
+    assert cached(b"1.2.3", "Transfer Syntax Name", validate=False) == "1.2.3"
+    assert cached.cache_info().currsize == size
     read_uids_once()  # a second call leaves the first in place
     assert pdu_items.set_uid is cached
 

@@ -105,11 +105,11 @@ class JobQueue:
                 .where(publish_job.c.study_uid == study_uid)
                 .where(publish_job.c.state.in_((QUEUED, RETRYING)))
             ).first()
+            now = _database_now(conn)
             if waiting is not None:
                 conn.execute(update(publish_job).where(publish_job.c.id == waiting.id)
-                             .values(next_attempt_at=_now(), updated_at=_now()))
+                             .values(next_attempt_at=now, updated_at=now))
                 return waiting.id
-            now = _now()
             result = conn.execute(publish_job.insert().values(
                 study_uid=study_uid, state=QUEUED, reason=reason, attempts=0, next_attempt_at=now,
                 detail="", created_at=now, updated_at=now,
@@ -117,8 +117,11 @@ class JobQueue:
             return result.inserted_primary_key[0]
 
     def claim(self) -> Job | None:
-        """Take the oldest due job, or one whose worker's lease has run out."""
-        now = _now()
+        """Take the oldest due job, or one whose worker's lease has run out. Due times and
+        leases are read on the database's clock, like the times they were written with, so
+        workers on hosts whose clocks differ agree on them."""
+        with self.engine.connect() as conn:
+            now = _database_now(conn)
         due = or_(
             and_(publish_job.c.state.in_((QUEUED, RETRYING)), publish_job.c.next_attempt_at <= now),
             and_(publish_job.c.state == RUNNING, publish_job.c.lease_until < now),
@@ -148,7 +151,7 @@ class JobQueue:
         job = self.get(job_id)
         delay = min(FIRST_RETRY_SECONDS * 2 ** max(job.attempts - 1, 0), MAX_RETRY_SECONDS)
         self._set(job_id, state=RETRYING, detail=f"{detail} (retry in {delay:.0f} s)",
-                  next_attempt_at=_now() + timedelta(seconds=delay), lease_until=None)
+                  next_attempt_at=timedelta(seconds=delay), lease_until=None)
 
     def get(self, job_id: int) -> Job:
         with self.engine.connect() as conn:
@@ -192,8 +195,13 @@ class JobQueue:
                                 .where(publish_worker.c.seen_at >= fresh)).first() is not None
 
     def _set(self, job_id: int, **values) -> None:
+        """Update a job; a ``next_attempt_at`` given as a timedelta is that long from now, on
+        the database's clock."""
         with self.engine.begin() as conn:
-            conn.execute(update(publish_job).where(publish_job.c.id == job_id).values(updated_at=_now(), **values))
+            now = _database_now(conn)
+            if isinstance(values.get("next_attempt_at"), timedelta):
+                values["next_attempt_at"] = now + values["next_attempt_at"]
+            conn.execute(update(publish_job).where(publish_job.c.id == job_id).values(updated_at=now, **values))
 
 
 class ManifestLedger:
