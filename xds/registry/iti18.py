@@ -14,7 +14,6 @@ from collections.abc import Callable
 from lxml import etree
 from lxml.etree import _Element
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.elements import ColumnElement
 
 from xds import ebrim
 from xds.errors import ErrorCode, RegistryError, XdsError, append_error_list
@@ -24,6 +23,7 @@ from xds.registry.iti18_common import (
     associations_touching,
     code_conditions,
     parse_value,
+    patient_conditions,
     select_documents,
     select_objects,
     time_conditions,
@@ -62,13 +62,7 @@ TIME_PARAMETERS = {
 
 
 def find_documents(connection: Connection, parameters: Parameters) -> list:
-    patient_id = parameters.single("$XDSDocumentEntryPatientId", required=True)
-    statuses = parameters.required("$XDSDocumentEntryStatus")
-    conditions: list[ColumnElement[bool]] = [
-        registry_objects.c.kind == KIND_DOCUMENT_ENTRY,
-        registry_objects.c.patient_id == patient_id,
-        registry_objects.c.status.in_(statuses),
-    ]
+    conditions = patient_conditions(parameters, "$XDSDocumentEntry", KIND_DOCUMENT_ENTRY)
     entry_types = parameters.values("$XDSDocumentEntryType")
     if entry_types:
         conditions.append(registry_objects.c.object_type.in_(entry_types))

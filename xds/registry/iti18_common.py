@@ -195,6 +195,16 @@ def code_conditions(
     return [code_condition(scheme, parameters.values(name))]
 
 
+def patient_conditions(parameters: Parameters, prefix: str, kind: str) -> list[ColumnElement[bool]]:
+    """What every Find query starts from: objects of ``kind`` for the required
+    ``<prefix>PatientId``, in one of the required ``<prefix>Status`` values."""
+    return [
+        registry_objects.c.kind == kind,
+        registry_objects.c.patient_id == parameters.single(f"{prefix}PatientId", required=True),
+        registry_objects.c.status.in_(parameters.required(f"{prefix}Status")),
+    ]
+
+
 def time_conditions(
     parameters: Parameters, bounds: dict[str, tuple[str, str]]
 ) -> list[ColumnElement[bool]]:

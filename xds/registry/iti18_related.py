@@ -29,6 +29,7 @@ from xds.registry.iti18_common import (
     Parameters,
     associations_touching,
     code_conditions,
+    patient_conditions,
     select_documents,
     select_objects,
     time_conditions,
@@ -50,13 +51,7 @@ SUBMISSION_TIME_PARAMETERS = {
 
 
 def find_submission_sets(connection: Connection, parameters: Parameters) -> list[Row]:
-    patient_id = parameters.single("$XDSSubmissionSetPatientId", required=True)
-    statuses = parameters.required("$XDSSubmissionSetStatus")
-    conditions: list[ColumnElement[bool]] = [
-        registry_objects.c.kind == KIND_SUBMISSION_SET,
-        registry_objects.c.patient_id == patient_id,
-        registry_objects.c.status.in_(statuses),
-    ]
+    conditions = patient_conditions(parameters, "$XDSSubmissionSet", KIND_SUBMISSION_SET)
     source_ids = parameters.values("$XDSSubmissionSetSourceId")
     if source_ids:
         conditions.append(registry_objects.c.source_id.in_(source_ids))
