@@ -251,14 +251,8 @@ def round_storescp(scratch: Path, study: Path, count: int, rates, per_associatio
     storescp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out),
                                  "-pdu", "131072", str(PORT_STORESCP)], env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(PORT_STORESCP)
-        rates["storescp"].append(count / storescu(PORT_STORESCP, "STORESCP", study))
-        per_association["storescp"].append(
-            one_per_association(PORT_STORESCP, "STORESCP", study, ASSOCIATIONS))
-    finally:
-        storescp.terminate()
-        storescp.wait(timeout=30)
+    measure_peer(storescp, "storescp", PORT_STORESCP, "STORESCP", study, count, rates,
+                 per_association)
 
 
 def round_orthanc(scratch: Path, study: Path, count: int, rates, per_association) -> None:
@@ -274,14 +268,21 @@ def round_orthanc(scratch: Path, study: Path, count: int, rates, per_association
     (scratch / "orthanc.json").write_text(json.dumps(config))
     orthanc = subprocess.Popen([binary, str(scratch / "orthanc.json")], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    measure_peer(orthanc, "orthanc", PORT_ORTHANC, "ORTHANC", study, count, rates,
+                 per_association, start_timeout=60)
+
+
+def measure_peer(process: subprocess.Popen, name: str, port: int, called: str, study: Path,
+                 count: int, rates, per_association, start_timeout: float = 20) -> None:
+    """Once ``process`` listens: the study on one association, then instances one association
+    each; the process is stopped whatever happens."""
     try:
-        wait_port(PORT_ORTHANC, timeout=60)
-        rates["orthanc"].append(count / storescu(PORT_ORTHANC, "ORTHANC", study))
-        per_association["orthanc"].append(
-            one_per_association(PORT_ORTHANC, "ORTHANC", study, ASSOCIATIONS))
+        wait_port(port, timeout=start_timeout)
+        rates[name].append(count / storescu(port, called, study))
+        per_association[name].append(one_per_association(port, called, study, ASSOCIATIONS))
     finally:
-        orthanc.terminate()
-        orthanc.wait(timeout=30)
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def main() -> int:
