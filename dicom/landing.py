@@ -255,6 +255,12 @@ def register(ae, folder: Path) -> None:
         earlier.close()
 
 
+def ready_files(ae) -> ReadyFiles | None:
+    """The landing files of ``ae``'s folder, while it is registered."""
+    with _lock:
+        return _folders.get(id(ae))
+
+
 def unregister(ae) -> None:
     with _lock:
         ready = _folders.pop(id(ae), None)

@@ -38,7 +38,7 @@ from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification, register_uid
 
-from dicom import landing, tuning
+from dicom import direct_store, landing, tuning
 from dicom.archive import Archive, StoreOutcome
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class DicomServer:
         # Received data sets are written straight into the archive's landing folder and then
         # renamed into place, rather than written to the system temp folder and copied.
         self._landing_folder: Path | None = getattr(archive, "landing_folder", None)
+        self._storage_classes: frozenset[str] = frozenset()
         self.ae = self._make_ae()
 
     # -- Set-up --------------------------------------------------------------------------------
@@ -131,7 +132,9 @@ class DicomServer:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = MAX_PDU
         ae.add_supported_context(Verification)
-        for sop_class in storage_sop_classes():
+        storage_classes = storage_sop_classes()
+        self._storage_classes = frozenset(storage_classes)
+        for sop_class in storage_classes:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(StorageCommitmentPushModel)
         try:
@@ -146,6 +149,7 @@ class DicomServer:
         """Every event this AE answers, in one place."""
         handlers = [
             (evt.EVT_CONN_OPEN, tuning.tune_association),
+            (evt.EVT_CONN_OPEN, self._take_stores),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
@@ -221,16 +225,34 @@ class DicomServer:
 
     # -- C-STORE -------------------------------------------------------------------------------
 
+    def _take_stores(self, event) -> None:
+        """C-STORE requests on this connection are read and answered by its transport thread
+        (``dicom.direct_store``), when the data sets land in the archive's own folder."""
+        ready = landing.ready_files(self.ae)
+        if ready is not None:
+            direct_store.install(event.assoc, ready, self._store, self._storage_classes)
+
     def _on_c_store(self, event):
-        request = event.request
-        sop_uid = str(request.AffectedSOPInstanceUID)
+        """EVT_C_STORE: the requests pynetdicom decoded itself (``direct_store`` takes the
+        others), landed in our folder or in pynetdicom's temporary file."""
         path = Path(event.dataset_path)
-        landed = ({"adopt": True, "landed": landing.landed(path)}
-                  if path.parent == self._landing_folder else {})
+        ours = path.parent == self._landing_folder
+        request = direct_store.StoreRequest(
+            event.assoc, str(event.request.AffectedSOPClassUID),
+            str(event.request.AffectedSOPInstanceUID), path,
+            landing.landed(path) if ours else None)
+        return self._store(request, adopt=ours)
+
+    def _store(self, request: direct_store.StoreRequest, adopt: bool = True):
+        """Archive a received data set; returns the C-STORE status (a Dataset for a failure,
+        with its Error Comment)."""
+        sop_uid = request.sop_instance_uid
         try:
+            if request.write_error is not None:
+                raise request.write_error
             receipt = self.archive.receive(
-                path, is_part10=True, source_ae_title=event.assoc.requestor.ae_title,
-                expected_sop_instance_uid=sop_uid, **landed)
+                request.path, is_part10=True, source_ae_title=request.assoc.requestor.ae_title,
+                expected_sop_instance_uid=sop_uid, adopt=adopt, landed=request.landed)
         except OSError as exc:
             log.error("C-STORE of %s failed: %s", sop_uid, exc)
             status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
@@ -240,7 +262,7 @@ class DicomServer:
             log.exception("C-STORE of %s failed", sop_uid)
             return _failure(PROCESSING_FAILURE, f"instance not archived: {exc}")
 
-        self._count(event.assoc, receipt.outcome, receipt.study_instance_uid)
+        self._count(request.assoc, receipt.outcome, receipt.study_instance_uid)
         log.debug("C-STORE %s: %s", sop_uid, receipt.outcome.value)
         if receipt.outcome in (StoreOutcome.STORED, StoreOutcome.DUPLICATE):
             return SUCCESS
