@@ -9,6 +9,7 @@ and the index is only a guide to them. The four UIDs are required and checked.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -17,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
+
+from dicom import header_scan
 
 # A UID (PS3.5 9.1): dotted digits, at most 64 characters.
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -38,6 +42,8 @@ INSTANCE_KEYS = ("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "NumberOfFra
 TAGS = [tag_for_keyword(k) for k in ("SpecificCharacterSet", *PATIENT_KEYS, *STUDY_KEYS,
                                      *SERIES_KEYS, *INSTANCE_KEYS)]
 LAST_TAG = max(TAGS)  # reading stops after it: what follows (pixel data, frames) is not needed
+_WANTED = frozenset(int(tag) for tag in TAGS)
+_SPECIFIC_CHARACTER_SET = tag_for_keyword("SpecificCharacterSet")
 HEAD_FIRST_TRY = 1 << 16
 
 # A value is read straight from its bytes when pydicom's conversion would give the same text,
@@ -92,15 +98,25 @@ def facts_from_head(head: bytes, transfer_syntax_uid: str, *, whole: bool) -> Fa
     None when the elements wanted do not all lie within ``head``, or the data set is deflated:
     then ``read_facts`` reads the file. Parsing bytes already in memory (those just hashed)
     costs a fraction of opening the file again with ``dcmread``."""
-    syntax = UID(transfer_syntax_uid)
-    if syntax.is_deflated or not syntax.is_transfer_syntax:
+    syntax = _syntax(transfer_syntax_uid)
+    if syntax is None:
         return None
+    is_implicit_vr, is_little_endian = syntax
+    if is_little_endian:
+        try:
+            elements = header_scan.scan(head, implicit=is_implicit_vr, wanted=_WANTED,
+                                        last=LAST_TAG, whole=whole)
+        except header_scan.Short:
+            return None
+        if elements is not None:
+            return facts_of(_dataset_of(elements, is_implicit_vr))
+
     # The elements wanted are usually in the first few KB: try those alone first, as the
     # parser copies what it is given.
     for size in (HEAD_FIRST_TRY, len(head)):
         buffer = _Head(head[:size], whole and size >= len(head))
         try:
-            header = read_dataset(buffer, syntax.is_implicit_VR, syntax.is_little_endian,
+            header = read_dataset(buffer, is_implicit_vr, is_little_endian,
                                   stop_when=lambda tag, _vr, _length: tag > LAST_TAG,
                                   specific_tags=TAGS)
         except _Head.Short:
@@ -111,6 +127,29 @@ def facts_from_head(head: bytes, transfer_syntax_uid: str, *, whole: bool) -> Fa
             raise InvalidInstance(f"unreadable data set: {exc}") from exc
         return facts_of(header)
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax(transfer_syntax_uid: str) -> tuple[bool, bool] | None:
+    """(Implicit VR, Little Endian) of a transfer syntax; None for a deflated or unknown one."""
+    syntax = UID(transfer_syntax_uid)
+    if syntax.is_deflated or not syntax.is_transfer_syntax:
+        return None
+    return syntax.is_implicit_VR, syntax.is_little_endian
+
+
+def _dataset_of(elements: dict, is_implicit_vr: bool) -> Dataset:
+    """A data set of raw elements, with the character set its reader would give it."""
+    dataset = Dataset(elements)
+    encoding = default_encoding
+    if _SPECIFIC_CHARACTER_SET in elements:
+        try:
+            value = convert_raw_data_element(elements[_SPECIFIC_CHARACTER_SET]).value
+            encoding = convert_encodings(value)
+        except Exception as exc:  # pydicom raises many kinds for broken data
+            raise InvalidInstance(f"unreadable data set: {exc}") from exc
+    dataset.set_original_encoding(is_implicit_vr, True, encoding)
+    return dataset
 
 
 class _Head(BytesIO):

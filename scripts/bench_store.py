@@ -115,6 +115,7 @@ def serve_ours(scratch: str, durable: bool = True) -> None:
     from dicom.scp import DicomServer
     from xds.blobstore import FileBlobStore
     from xds.db import create_engine
+    from xds.runtime import freeze_start_up_objects
 
     logging.basicConfig(level=logging.WARNING)
     engine = create_engine(f"sqlite:///{scratch}/index.db")
@@ -128,6 +129,7 @@ def serve_ours(scratch: str, durable: bool = True) -> None:
     server = DicomServer(Archive(engine, FileBlobStore(f"{scratch}/blobs")), port=PORT_OURS)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # for sigwait, in every thread
     server.start()
+    freeze_start_up_objects()  # as ``xdsi serve`` does once started
     signal.sigwait([signal.SIGTERM])
     server.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pydicom.data
@@ -145,3 +146,132 @@ def test_a_sequence_item_with_its_own_character_set_is_read_with_it(tmp_path):
     ds.IssuerOfAccessionNumberSequence = [issuer]
     ds.save_as(path, enforce_file_format=True)
     assert read_facts(path).study["accession_issuer_local_id"] == "Hôpital Nord"
+
+
+def _head_of(path: Path) -> tuple[bytes, str] | None:
+    """The data set bytes and transfer syntax of a Part 10 file; None for one without its
+    File Meta Information."""
+    from tests.test_archive import split_part10
+
+    try:
+        meta, data_set = split_part10(path.read_bytes())
+    except Exception:  # noqa: BLE001 - no preamble or meta group: not a Part 10 file
+        return None
+    syntax = meta.get("TransferSyntaxUID")
+    return (data_set, str(syntax)) if syntax else None
+
+
+def _by_pydicom_reader(monkeypatch) -> None:
+    monkeypatch.setattr(facts.header_scan, "scan", lambda *_args, **_kwargs: None)
+
+
+def test_heads_scanned_give_what_pydicoms_reader_gives(monkeypatch):
+    """On every Part 10 file at hand, whole and cut to its first 64 KB: the values read from
+    the scanned elements equal those from pydicom's reader, and those of the whole file."""
+    from dicom.facts import facts_from_head
+
+    scanned = 0
+    for path in _files():
+        found = _head_of(path)
+        if found is None:
+            continue
+        data_set, syntax = found
+        try:
+            expected = read_facts(path)
+        except InvalidInstance:
+            continue
+        for head, whole in ((data_set, True), (data_set[:1 << 16], len(data_set) <= 1 << 16)):
+            try:
+                fast = facts_from_head(head, syntax, whole=whole)
+            except InvalidInstance:
+                fast = None
+            with monkeypatch.context() as patched:
+                _by_pydicom_reader(patched)
+                try:
+                    slow = facts_from_head(head, syntax, whole=whole)
+                except InvalidInstance:
+                    slow = None
+            assert fast == slow, path.name
+            if fast is not None:
+                assert fast == expected, path.name
+                scanned += 1
+    assert scanned > 60
+
+
+def _element(tag: int, vr: bytes, value: bytes, implicit: bool, undefined: bool = False) -> bytes:
+    import struct
+
+    length = 0xFFFFFFFF if undefined else len(value)
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack("<L", length) + value
+    if vr in (b"SQ", b"UN", b"OB", b"OW", b"UT"):
+        return head + vr + b"\0\0" + struct.pack("<L", length) + value
+    return head + vr + struct.pack("<H", length) + value
+
+
+def _item(content: bytes, undefined: bool) -> bytes:
+    import struct
+
+    if undefined:
+        return b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + content + b"\xfe\xff\x0d\xe0\0\0\0\0"
+    return b"\xfe\xff\x00\xe0" + struct.pack("<L", len(content)) + content
+
+
+SEQUENCE_END = b"\xfe\xff\xdd\xe0\0\0\0\0"
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_sequences_of_undefined_length_are_walked_and_kept(implicit):
+    """Nested sequences of undefined length, items of either kind, and a UN element of
+    undefined length are passed; a wanted sequence is kept as its items' bytes."""
+    from dicom.facts import facts_from_head
+
+    def code_item(implicit: bool) -> bytes:
+        return (_element(0x00080100, b"SH", b"P1", implicit)
+                + _element(0x00080102, b"SH", b"99X ", implicit)
+                + _element(0x00080104, b"LO", b"Head CT ", implicit))
+
+    code = code_item(implicit)
+    nested = _element(0x00081150, b"UI", b"1.2.3\0", implicit) + _element(
+        0x0040A170, b"SQ", _item(code, True) + SEQUENCE_END, implicit, undefined=True)
+    data_set = (
+        _element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0", implicit)
+        + _element(0x00080018, b"UI", b"1.2.34\0", implicit)
+        + _element(0x00081032, b"SQ", _item(code, False) + _item(code, True) + SEQUENCE_END,
+                   implicit, undefined=True)
+        + _element(0x00081140, b"SQ", _item(nested, True) + _item(nested, False) + SEQUENCE_END,
+                   implicit, undefined=True)
+        # A UN sequence's items are Implicit VR whatever the data set's syntax (PS3.5 6.2.2).
+        + _element(0x00091010, b"UN", _item(code_item(True), True) + SEQUENCE_END, implicit,
+                   undefined=True)
+        + _element(0x0020000D, b"UI", b"1.2.35\0", implicit)
+        + _element(0x0020000E, b"UI", b"1.2.36\0", implicit)
+    )
+    syntax = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
+    elements = facts.header_scan.scan(data_set, implicit=implicit, wanted=facts._WANTED,
+                                      last=facts.LAST_TAG, whole=True)
+    assert elements is not None
+    assert 0x00081032 in elements and 0x00081140 not in elements
+    read = facts_from_head(data_set, syntax, whole=True)
+    assert json.loads(read.study["procedure_codes"]) == [["P1", "99X", "Head CT"]] * 2
+    assert read.series_uid == "1.2.36"
+
+    with pytest.raises(facts.header_scan.Short):  # cut inside the nested sequence
+        facts.header_scan.scan(data_set[:len(data_set) // 2], implicit=implicit,
+                               wanted=facts._WANTED, last=facts.LAST_TAG, whole=False)
+    assert facts_from_head(data_set[:len(data_set) // 2], syntax, whole=False) is None
+
+
+def test_what_the_scan_does_not_understand_is_left_to_pydicom():
+    scan = facts.header_scan.scan
+    kwargs = {"wanted": facts._WANTED, "last": facts.LAST_TAG, "whole": True}
+    uid = _element(0x00080018, b"UI", b"1.2.34\0", False)
+    assert scan(uid, implicit=False, **kwargs) is not None
+    assert scan(uid.replace(b"UI", b"ZZ"), implicit=False, **kwargs) is None  # no VR
+    undefined_text = _element(0x00081030, b"UT", b"x", False, undefined=True)
+    assert scan(undefined_text, implicit=False, **kwargs) is None
+    broken_item = _element(0x00081032, b"SQ", b"\xfe\xff\x99\xe0\0\0\0\0" + SEQUENCE_END,
+                           False, undefined=True)
+    assert scan(broken_item, implicit=False, **kwargs) is None
+    assert scan(uid[:-2], implicit=False, **kwargs) is None  # the data set itself is cut

@@ -166,3 +166,10 @@ def test_retrieve_url_and_retrieve_ae_of_the_manifest_work(service, folder):
             env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, text=True, timeout=60)
         assert found.returncode == 0, found.stderr
         assert (found.stdout + found.stderr).count("Find Response:") == len(instances)
+
+
+def test_start_up_objects_are_frozen_while_the_service_runs(service):
+    """The cycle collector leaves alone what start-up built (``freeze_start_up_objects``)."""
+    import gc
+
+    assert gc.get_freeze_count() > 10_000

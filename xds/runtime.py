@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 from pathlib import Path
@@ -73,9 +74,11 @@ def build_app(settings: Settings, start_dicom: bool = True, start_worker: bool =
             dicom_server.start()
         if start_worker:
             worker = asyncio.create_task(components.publisher.worker())
+        freeze_start_up_objects()
         try:
             yield
         finally:
+            gc.unfreeze()  # for a process that starts the service again (the tests)
             if worker is not None:
                 worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -84,6 +87,15 @@ def build_app(settings: Settings, start_dicom: bool = True, start_worker: bool =
                 dicom_server.stop()
 
     return create_app(settings, components, extra_routes=imaging_source_routes(components), lifespan=lifespan)
+
+
+def freeze_start_up_objects() -> None:
+    """Once the service is up: what start-up built lives as long as the process (the DICOM AE's
+    thousands of presentation contexts above all), so the cycle collector is told to stop
+    walking it. Otherwise each full collection walks some 80,000 objects, about 30 ms during
+    which the instance being stored waits (measured while storing 500 instances)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _move_destinations(settings: Settings) -> dict[str, tuple[str, int]]:
