@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import socket
 import ssl
 import struct
@@ -61,6 +62,8 @@ C_STORE_RQ = 0x0001
 NO_DATA_SET = 0x0101
 # A command set is a few hundred bytes; one longer than this is not a C-STORE we take.
 MAX_COMMAND_BYTES = 1 << 16
+# Inside a data set, how long to wait for its next PDU before going back to pynetdicom's loop.
+NEXT_FRAGMENT_WAIT = 0.05
 _UID = re.compile(r"[0-9.]{1,64}")
 
 # Where a message's values go (see ``_Receiver``).
@@ -177,37 +180,51 @@ class _Receiver:
 
     def read_pdu(self) -> None:
         """In place of pynetdicom's ``_read_pdu_data``: a P-DATA-TF PDU on an established
-        association is read here, anything else by pynetdicom."""
+        association is read here, anything else by pynetdicom.
+
+        In the middle of a data set the next PDU follows at once: it is read here too, rather
+        than after a round of pynetdicom's loop (its checks, its queues, its wait) for each."""
+        while self._read_p_data():
+            if (self.mode != _STORING or getattr(self.dul, "_kill_thread", False)
+                    or not _readable(self.connection, NEXT_FRAGMENT_WAIT)):
+                return
+
+    def _read_p_data(self) -> bool:
+        """Read one PDU; True when it was a P-DATA-TF PDU read here, False when pynetdicom read
+        whatever came (or the stream ended)."""
         if self.given_up or self.dul.state_machine.current_state != "Sta6":
-            return self.own_read_pdu()
+            self.own_read_pdu()
+            return False
         try:
             head = self.connection.recv(_PDU_HEAD.size, socket.MSG_PEEK | socket.MSG_WAITALL)
         except OSError:
             head = b""
         if len(head) < _PDU_HEAD.size or head[0] != _P_DATA_TF:
-            return self.own_read_pdu()  # closed, short, or another PDU: pynetdicom's
+            self.own_read_pdu()  # closed, short, or another PDU: pynetdicom's
+            return False
         pdu_type, length = _PDU_HEAD.unpack(head)
         if length > tuning.HARD_PDU_LIMIT:
-            return self.own_read_pdu()  # closes the connection unread (``tuning``)
+            self.own_read_pdu()  # closes the connection unread (``tuning``)
+            return False
 
         end = _PDU_HEAD.size + length
         if not self._receive(end):
             self.dul.event_queue.put("Evt17")  # the connection closed in the middle of a PDU
-            return None
+            return False
         with memoryview(self.buffer) as view:
             values = _split(view[_PDU_HEAD.size:end])
             if values is None:  # malformed: pynetdicom's decoder refuses it (Evt19)
                 self._give_up()
                 self._hand_over([bytes(view[:end])], whole=True)
-                return None
+                return False
             passed: list = []  # values for pynetdicom, in the order they came
             for value in values:
                 self._route(value, passed)
                 if self.aborting:
-                    return None  # the rest of the stream is not read
+                    return False  # the rest of the stream is not read
             if passed:
                 self._hand_over(passed)
-        return None
+        return True
 
     def _receive(self, count: int) -> bool:
         """Read ``count`` bytes into the buffer, which grows only as bytes arrive."""
@@ -400,6 +417,13 @@ class _Receiver:
             return
         self.dul.event_queue.put(event)
         self.dul._recv_pdu.put(pdu)
+
+
+def _readable(connection: socket.socket, timeout: float) -> bool:
+    try:
+        return bool(select.select([connection], [], [], timeout)[0])
+    except (OSError, ValueError):  # closed: pynetdicom's loop finds out
+        return False
 
 
 def _split(body: memoryview) -> list[memoryview] | None:

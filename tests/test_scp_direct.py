@@ -337,3 +337,28 @@ def test_stores_in_pynetdicoms_own_way_give_the_same_archive(tmp_path, monkeypat
         assert stored_data_set_bytes(server.archive, ds.SOPInstanceUID) == data
     finally:
         server.stop()
+
+
+def test_a_sender_stalled_inside_a_data_set_does_not_hold_the_server(tmp_path):
+    """The transport thread reads a data set's PDUs one after the other without going back to
+    pynetdicom's loop, but not while none comes: stopping the server still ends it."""
+    import threading
+
+    server = DicomServer(new_archive(tmp_path / "archive"), ae_title=AE_TITLE, port=free_port())
+    server.start()
+    ds, data = instance(tmp_path, rows=4096)
+    association = connect(server)
+    cx = context_id(association, SecondaryCaptureImageStorage)
+    send(association, pdu(pdv(cx, 0x03, command_bytes(store_request(ds))),
+                          pdv(cx, 0x00, data[:5000])))
+    folder = server.archive.landing_folder
+    wait_until(lambda: any(path.stat().st_size for path in folder.iterdir()),
+               "the data set never started landing")
+
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    stopping.join(timeout=10)
+    assert not stopping.is_alive(), "the server did not stop"
+    association._reactor_checkpoint.set()
+    association.abort()
+    assert server.archive.instance(ds.SOPInstanceUID) is None
