@@ -139,8 +139,8 @@ def _syntax(transfer_syntax_uid: str) -> tuple[bool, bool] | None:
 
 
 def _dataset_of(elements: dict, is_implicit_vr: bool) -> Dataset:
-    """A data set of raw elements, with the character set its reader would give it."""
-    dataset = Dataset(elements)
+    """A data set of the raw elements (``elements`` becomes its own: pydicom converts them in
+    place), with the character set its reader would give it."""
     encoding = default_encoding
     if _SPECIFIC_CHARACTER_SET in elements:
         try:
@@ -148,6 +148,7 @@ def _dataset_of(elements: dict, is_implicit_vr: bool) -> Dataset:
             encoding = convert_encodings(value)
         except Exception as exc:  # pydicom raises many kinds for broken data
             raise InvalidInstance(f"unreadable data set: {exc}") from exc
+    dataset = Dataset(elements)
     dataset.set_original_encoding(is_implicit_vr, True, encoding)
     return dataset
 
