@@ -60,7 +60,8 @@ _COMMAND_BIT, _LAST_BIT = 0x01, 0x02
 
 C_STORE_RQ = 0x0001
 NO_DATA_SET = 0x0101
-# A command set is a few hundred bytes; one longer than this is not a C-STORE we take.
+# A command set is a few hundred bytes (PS3.7 9.3): a peer sending more is not speaking DIMSE,
+# and is aborted rather than buffered without end.
 MAX_COMMAND_BYTES = 1 << 16
 # Inside a data set, how long to wait for its next PDU before going back to pynetdicom's loop.
 NEXT_FRAGMENT_WAIT = 0.05
@@ -272,11 +273,13 @@ class _Receiver:
                 self.mode, self.context_id = _COMMAND, context_id
             if context_id != self.context_id:
                 self._give_up()
+            if len(self.command_bytes) + len(value) - 6 > MAX_COMMAND_BYTES:
+                self._protocol_error(f"a command set over {MAX_COMMAND_BYTES} bytes")
+                return
             self.command_values.append(bytes(value))
             self.command_bytes += value[6:]
-            if self.given_up or len(self.command_bytes) > MAX_COMMAND_BYTES:
+            if self.given_up:
                 self._pass_command(passed, data_set_follows=True)
-                self._give_up()
             elif is_last:
                 self._command_complete(passed)
 
@@ -396,8 +399,8 @@ class _Receiver:
         self.given_up = True
 
     def _protocol_error(self, what: str) -> None:
-        """A message broken off inside its data set: what pynetdicom does with a PDU it cannot
-        decode (Evt19: A-ABORT, then the connection closes)."""
+        """A message broken off inside its data set, or a command without end: what pynetdicom
+        does with a PDU it cannot decode (Evt19: A-ABORT, then the connection closes)."""
         log.warning("association from %s: %s: aborted", self.assoc.requestor.ae_title, what)
         self._drop_landing()
         self._give_up()

@@ -1,10 +1,12 @@
 """The DICOM application entity: C-ECHO, C-STORE, Storage Commitment, and Q/R.
 
 - C-STORE SCP for every storage SOP class pynetdicom knows, in every transfer syntax it knows
-  (uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE, ...). pynetdicom writes each incoming
-  data set to a temporary file as its P-DATA fragments arrive (``STORE_RECV_CHUNKED_DATASET``),
-  so memory does not grow with the instance size; ``Archive.receive`` copies those bytes as they
-  are behind our File Meta Information, fsyncs, indexes, and only then do we answer Success.
+  (uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE, ...). Each incoming data set is
+  written to a landing file behind our File Meta Information as its P-DATA fragments arrive,
+  so memory does not grow with the instance size: by the transport thread itself
+  (``dicom.direct_store``), or by pynetdicom (``STORE_RECV_CHUNKED_DATASET``, ``dicom.landing``)
+  for what that path does not take. ``Archive.receive`` fsyncs the file, gives it its key,
+  indexes it, and only then do we answer Success.
 - Storage Commitment Push Model SCP (PS3.4 Annex J): the N-ACTION is answered at once, then an
   N-EVENT-REPORT lists what is durable and what is not (event type 1 all committed, 2 some
   failed). It goes on the same association if still open, else on a new association to the

@@ -362,3 +362,12 @@ def test_a_sender_stalled_inside_a_data_set_does_not_hold_the_server(tmp_path):
     association._reactor_checkpoint.set()
     association.abort()
     assert server.archive.instance(ds.SOPInstanceUID) is None
+
+
+def test_a_command_without_end_is_aborted_not_buffered(running):
+    association = connect(running)
+    cx = context_id(association, SecondaryCaptureImageStorage)
+    fragment = pdu(pdv(cx, 0x01, b"\0" * 16384))  # command fragments, never the last
+    send(association, *[fragment] * 5)
+    association._reactor_checkpoint.set()
+    wait_until(lambda: association.is_aborted, "the association was not aborted")
