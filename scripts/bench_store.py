@@ -5,9 +5,9 @@ times ``storescu`` sending it to each receiver, printing instances/s and our SCP
 and the time per instance when each instance comes on an association of its own. Also the
 disk's own rate for the same files written and fsynced one by one: our SCP answers each
 instance only once it is on disk, and storescu waits for each answer, so storescp's time per
-instance plus that disk time roughly bounds any receiver that does so (storescp answers before
-its files reach the disk; Orthanc fsyncs each file, its SyncStorageArea being on by default,
-but not the file's folder).
+instance plus that disk time roughly estimates what any receiver that does so can reach
+(storescp answers before its files reach the disk; Orthanc fsyncs each file, its
+SyncStorageArea being on by default, but not the file's folder).
 
 storescp and Orthanc listen on every interface, so the whole run happens inside a private
 network namespace whose only interface is loopback (``unshare --net``, run as root); this
@@ -190,20 +190,20 @@ def run(count: int, runs: int) -> None:
         ratios = [ours / limit for ours, limit in zip(rates["ours"], rates["storescp"])]
         print(f"{'our SCP / storescp, per round':<30} {median_text(ratios, '', 2)}")
         # storescp's time per instance plus the disk's time to write and sync one file.
-        bounds = [1 / (1 / limit + 1 / floor)
+        estimates = [1 / (1 / limit + 1 / floor)
                   for limit, floor in zip(rates["storescp"], rates["floor"])]
-        print(f"{'durable receiver, at most (**)':<30} {median_text(bounds, 'instances/s')}")
-        shares = [ours / bound for ours, bound in zip(rates["ours"], bounds)]
+        print(f"{'syncing receiver, roughly (**)':<30} {median_text(estimates, 'instances/s')}")
+        shares = [ours / estimate for ours, estimate in zip(rates["ours"], estimates)]
         print(f"{'our SCP / that, per round':<30} {median_text(shares, '', 2)}")
         print(f"our SCP peak RSS: {max(peaks):.0f} MB")
         print("(*) measurement only: our SCP with fsync and SQLite syncing switched off, as "
               "storescp runs; the product always syncs before it answers")
         print("disk: the study's files written one after the other, each fsynced with its "
               "folder")
-        print("(**) roughly the most a receiver that answers each instance only once it is on "
-              "disk can reach with this sender, which waits for each answer: storescp's time "
-              "per instance (the sender's own share and more) plus the disk's write and sync "
-              "of one file")
+        print("(**) a rough estimate of what a receiver that answers each instance only once it "
+              "is on disk can reach with this sender, which waits for each answer: storescp's "
+              "time per instance (the sender's own share and more) plus the disk's write and "
+              "sync of one file; as noisy as storescp's rate")
         print(f"one association per instance ({ASSOCIATIONS} instances, already stored):")
         for name, label in (("ours", "our SCP"), ("storescp", "storescp"), ("orthanc", "Orthanc")):
             if per_association[name]:
