@@ -27,8 +27,8 @@ from dicom import direct_store, landing
 from dicom.scp import OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS, DicomServer
 from tests.servers import free_port
 from tests.test_archive import data_set_bytes, new_archive, small_instance, stored_data_set_bytes
-from tests.test_scp import AE_TITLE, storescu
-from tests.test_scp_landing import assert_only_ready_files, wait_until
+from tests.test_scp import AE_TITLE
+from tests.test_scp_landing import assert_only_ready_files, send_with_storescu, wait_until
 
 
 @pytest.fixture
@@ -115,11 +115,7 @@ def instance(tmp_path, name: str = "i.dcm", rows: int = 16) -> tuple[Dataset, by
 
 
 def test_stores_of_storescu_never_reach_pynetdicom_and_are_archived(running, tmp_path):
-    folder = tmp_path / "send"
-    folder.mkdir()
-    sources = [small_instance(folder / f"{n}.dcm", rows=8 + n) for n in range(3)]
-    result = storescu(running.port, folder)
-    assert result.returncode == 0, result.stderr
+    sources = send_with_storescu(running.port, tmp_path)
 
     assert running.through_pynetdicom == []
     for source in sources:

@@ -37,12 +37,18 @@ def running(tmp_path, monkeypatch):
     server.stop()
 
 
-def test_storescu_instances_are_archived_without_a_copy(running, tmp_path):
+def send_with_storescu(port: int, tmp_path: Path, count: int = 3) -> list[Path]:
+    """``count`` small instances sent by dcmtk's storescu on one association; their files."""
     folder = tmp_path / "send"
     folder.mkdir()
-    sources = [small_instance(folder / f"{n}.dcm", rows=4 + n) for n in range(3)]
-    result = storescu(running.port, folder)
+    sources = [small_instance(folder / f"{n}.dcm", rows=4 + n) for n in range(count)]
+    result = storescu(port, folder)
     assert result.returncode == 0, result.stderr
+    return sources
+
+
+def test_storescu_instances_are_archived_without_a_copy(running, tmp_path):
+    sources = send_with_storescu(running.port, tmp_path)
 
     archive = running.archive
     for source in sources:
