@@ -187,11 +187,12 @@ def run(count: int, runs: int) -> None:
         else:
             print("Orthanc is not installed: skipped")
         print(f"{'disk: write + fsync, one by one':<30} {median_text(rates['floor'], 'files/s')}")
-        ratios = [ours / limit for ours, limit in zip(rates["ours"], rates["storescp"], strict=True)]
+        ratios = [ours / limit
+                  for ours, limit in zip(rates["ours"], rates["storescp"], strict=True)]
         print(f"{'our SCP / storescp, per round':<30} {median_text(ratios, '', 2)}")
         # storescp's time per instance plus the disk's time to write and sync one file.
         estimates = [1 / (1 / limit + 1 / floor)
-                  for limit, floor in zip(rates["storescp"], rates["floor"], strict=True)]
+                     for limit, floor in zip(rates["storescp"], rates["floor"], strict=True)]
         print(f"{'syncing receiver, roughly (**)':<30} {median_text(estimates, 'instances/s')}")
         shares = [ours / estimate for ours, estimate in zip(rates["ours"], estimates, strict=True)]
         print(f"{'our SCP / that, per round':<30} {median_text(shares, '', 2)}")
