@@ -209,30 +209,53 @@ class _Receiver:
             return False
 
         end = _PDU_HEAD.size + length
-        if not self._receive(end):
-            self.dul.event_queue.put("Evt17")  # the connection closed in the middle of a PDU
-            return False
+        try:
+            if not self._receive(end):
+                self._drop_landing()
+                self.dul.event_queue.put("Evt17")  # the connection closed inside a PDU
+                return False
+            # pynetdicom restarts its idle timer for each PDU it reads: so for those read here
+            # (a data set streaming for longer than the network timeout is not idle).
+            with contextlib.suppress(AttributeError):
+                self.dul._idle_timer.restart()
+            return self._take(end)
+        except BaseException:
+            self._drop_landing()  # pynetdicom aborts: no data set is finished after this
+            raise
+
+    def _take(self, end: int) -> bool:
+        """Route the values of the PDU in the buffer (``end`` bytes long)."""
         with memoryview(self.buffer) as view:
             values = _split(view[_PDU_HEAD.size:end])
-            if values is None:  # malformed: pynetdicom's decoder refuses it (Evt19)
-                self._give_up()
-                self._hand_over([bytes(view[:end])], whole=True)
-                return False
-            passed: list = []  # values for pynetdicom, in the order they came
-            for value in values:
-                self._route(value, passed)
-                if self.aborting:
-                    return False  # the rest of the stream is not read
-            if passed:
-                self._hand_over(passed)
-        return True
+            try:
+                if values is None:
+                    if self.mode in (_COMMAND, _STORING):
+                        self._protocol_error("a malformed P-DATA-TF PDU inside a message")
+                    else:  # pynetdicom's decoder refuses it (Evt19), as it would have
+                        self._give_up()
+                        self._hand_over([bytes(view[:end])], whole=True)
+                    return False
+                passed: list = []  # values for pynetdicom, in the order they came
+                for value in values:
+                    self._route(value, passed)
+                    if self.aborting:
+                        return False  # the rest of the stream is not read
+                if passed:
+                    self._hand_over(passed)
+                return True
+            finally:
+                # The buffer is read into again, and grows: nothing may hold on to it.
+                for value in values or ():
+                    value.release()
 
     def _receive(self, count: int) -> bool:
         """Read ``count`` bytes into the buffer, which grows only as bytes arrive."""
         received = 0
         while received < count:
             if received == len(self.buffer):
-                self.buffer.extend(bytes(min(count - received, len(self.buffer))))
+                grown = bytearray(len(self.buffer) + min(count - received, len(self.buffer)))
+                grown[:received] = self.buffer
+                self.buffer = grown
             with memoryview(self.buffer) as view:
                 try:
                     got = self.connection.recv_into(view[received:count])
@@ -285,7 +308,7 @@ class _Receiver:
 
     def _command_complete(self, passed: list) -> None:
         command = read_command(self.command_bytes)
-        if command is None:
+        if command is None or command.data_set_type is None:  # malformed: pynetdicom judges
             self._pass_command(passed, data_set_follows=True)
             self._give_up()
             return
@@ -350,23 +373,23 @@ class _Receiver:
     def _write_failed(self, exc: OSError) -> None:
         log.error("C-STORE of %s: landing file not written: %s",
                   self.request.sop_instance_uid, exc)
-        self.request.write_error = exc
+        # Its number and text only: the exception's traceback holds frames, and with them views
+        # of the buffer, which could then no longer grow.
+        self.request.write_error = OSError(exc.errno, exc.strerror or str(exc))
         self._drop_landing()
 
     def _finish(self) -> None:
         """The last fragment is in: close the file, archive it, answer."""
         request, context_id = self.request, self.context_id
-        self.mode, self.request = _IDLE, None
         if self.landing is not None:
             try:
                 self.landing.close()
             except OSError as exc:
-                request.write_error = exc
-                self._drop_landing()
+                self._write_failed(exc)
             else:
                 request.landed = self.digest.result()
                 self.landing = None
-        self.digest = None
+        self.mode, self.request, self.digest = _IDLE, None, None
 
         try:
             status = self.store(request)
@@ -431,7 +454,8 @@ def _readable(connection: socket.socket, timeout: float) -> bool:
 
 def _split(body: memoryview) -> list[memoryview] | None:
     """The PDV items of a P-DATA-TF body (PS3.8 9.3.5), None when they do not fill it exactly
-    or one is shorter than its header."""
+    or one is shorter than its header. An empty body has none (PS3.8 asks for one at least;
+    pynetdicom lets it pass, and so does this)."""
     values = []
     position = 0
     while position < len(body):
@@ -443,7 +467,7 @@ def _split(body: memoryview) -> list[memoryview] | None:
             return None
         values.append(body[position:end])
         position = end
-    return values or None
+    return values
 
 
 def _pdu(values: list) -> bytes:

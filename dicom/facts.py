@@ -178,6 +178,17 @@ class _Head(BytesIO):
 
 
 def facts_of(header: Dataset) -> Facts:
+    """The index values of a data set; InvalidInstance when a value pydicom must convert is
+    broken beyond reading (a UID with a VR no standard knows, say)."""
+    try:
+        return _facts_of(header)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # pydicom raises many kinds for broken data
+        raise InvalidInstance(f"unreadable data set: {exc}") from exc
+
+
+def _facts_of(header: Dataset) -> Facts:
     uids = {keyword: _uid(header, keyword) for keyword in
             ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")}
     charset = _charset(header)

@@ -17,13 +17,18 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection
 
+from pydicom import config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 
 _TAG_AND_LENGTH = struct.Struct("<HHL")  # implicit VR element header; also items, delimiters
+_TAG = struct.Struct("<HH")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")  # explicit VR, 2-byte length
 _LONG_LENGTH = struct.Struct("<L")
 UNDEFINED = 0xFFFFFFFF
+# Sequences nested deeper than this are left to pydicom (real data sets nest a few levels).
+MAX_DEPTH = 16
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD  # in group FFFE
 
 # Explicit VRs with a 4-byte length after 2 reserved bytes (PS3.5 Table 7.1-1).
@@ -57,6 +62,7 @@ def scan(data: bytes | memoryview, *, implicit: bool, wanted: Collection[int], l
             if tag > last:
                 return found
             if length == UNDEFINED:
+                _check_sequence(view, tag, vr, start)
                 end, value_end = _skip_sequence(view, start, implicit or vr == b"UN")
             else:
                 end = value_end = start + length
@@ -100,10 +106,14 @@ def _header(view: memoryview, position: int, implicit: bool) -> tuple[int, bytes
     return (group << 16) | element, vr, length, position + 12
 
 
-def _skip_sequence(view: memoryview, position: int, implicit: bool) -> tuple[int, int]:
+def _skip_sequence(view: memoryview, position: int, implicit: bool,
+                   depth: int = 1) -> tuple[int, int]:
     """Walk a sequence of undefined length from its first item: returns (the position after
     its Sequence Delimitation Item, the position of that item). The items of a UN element of
-    undefined length are Implicit VR Little Endian (PS3.5 6.2.2)."""
+    undefined length are Implicit VR Little Endian (PS3.5 6.2.2). Each item's elements are
+    walked too, as pydicom reads them, so that a broken one is pydicom's to judge."""
+    if depth > MAX_DEPTH:
+        raise _Unusual
     while True:
         if position + 8 > len(view):
             raise Short
@@ -115,24 +125,57 @@ def _skip_sequence(view: memoryview, position: int, implicit: bool) -> tuple[int
         if element != _ITEM:
             raise _Unusual
         position += 8
-        if length != UNDEFINED:
-            position += length
-            continue
-        position = _skip_item(view, position, implicit)
+        if length == UNDEFINED:
+            position = _skip_item(view, position, implicit, depth)
+        else:
+            end = position + length
+            if end > len(view):
+                raise Short
+            while position < end:
+                position = _skip_element(view, position, implicit, depth)
+            if position != end:
+                raise _Unusual  # an element runs past its item's end
 
 
-def _skip_item(view: memoryview, position: int, implicit: bool) -> int:
+def _skip_item(view: memoryview, position: int, implicit: bool, depth: int) -> int:
     """Walk an item of undefined length: the position after its Item Delimitation Item."""
     while True:
         if position + 8 > len(view):
             raise Short
-        group, element = struct.unpack_from("<HH", view, position)
+        group, element = _TAG.unpack_from(view, position)
         if group == 0xFFFE:
             if element != _ITEM_END:
                 raise _Unusual
             return position + 8
-        _tag, vr, length, start = _header(view, position, implicit)
-        if length == UNDEFINED:
-            position = _skip_sequence(view, start, implicit or vr == b"UN")[0]
-        else:
-            position = start + length
+        position = _skip_element(view, position, implicit, depth)
+
+
+def _skip_element(view: memoryview, position: int, implicit: bool, depth: int) -> int:
+    """The position after the element at ``position``, inside an item."""
+    tag, vr, length, start = _header(view, position, implicit)
+    if tag >> 16 == 0xFFFE:
+        raise _Unusual  # an item or delimiter where an element belongs
+    if length == UNDEFINED:
+        _check_sequence(view, tag, vr, start)
+        return _skip_sequence(view, start, implicit or vr == b"UN", depth + 1)[0]
+    return start + length
+
+
+def _check_sequence(view: memoryview, tag: int, vr: bytes, start: int) -> None:
+    """An element of undefined length is walked as a sequence where pydicom reads it as one:
+    SQ, UN (PS3.5 6.2.2), and in Implicit VR a tag the dictionary calls SQ, or an unknown tag
+    whose value starts with an item. pydicom reads any other as bytes up to the first Sequence
+    Delimitation Item: that is its to do."""
+    if vr == b"SQ" or (vr == b"UN" and config.settings.infer_sq_for_un_vr):
+        return
+    if vr:
+        raise _Unusual
+    try:
+        if dictionary_VR(tag) == "SQ":
+            return
+    except KeyError:  # private or unknown: pydicom looks for an item
+        if start + 4 <= len(view) and _TAG.unpack_from(view, start) == (0xFFFE, _ITEM):
+            return
+        if start + 4 > len(view):
+            raise Short from None
+    raise _Unusual

@@ -249,17 +249,15 @@ class DicomServer:
         """Archive a received data set; returns the C-STORE status (a Dataset for a failure,
         with its Error Comment)."""
         sop_uid = request.sop_instance_uid
+        if request.write_error is not None:  # logged where it happened
+            return _not_archived(request.write_error)
         try:
-            if request.write_error is not None:
-                raise request.write_error
             receipt = self.archive.receive(
                 request.path, is_part10=True, source_ae_title=request.assoc.requestor.ae_title,
                 expected_sop_instance_uid=sop_uid, adopt=adopt, landed=request.landed)
         except OSError as exc:
             log.error("C-STORE of %s failed: %s", sop_uid, exc)
-            status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
-                else PROCESSING_FAILURE
-            return _failure(status, f"instance not archived: {exc.strerror or exc}")
+            return _not_archived(exc)
         except Exception as exc:
             log.exception("C-STORE of %s failed", sop_uid)
             return _failure(PROCESSING_FAILURE, f"instance not archived: {exc}")
@@ -387,6 +385,11 @@ def _reference(sop_class: str, sop_instance: str) -> Dataset:
     item.ReferencedSOPClassUID = sop_class
     item.ReferencedSOPInstanceUID = sop_instance
     return item
+
+
+def _not_archived(exc: OSError) -> Dataset:
+    status = OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else PROCESSING_FAILURE
+    return _failure(status, f"instance not archived: {exc.strerror or exc}")
 
 
 def _failure(status: int, comment: str, offending: int | None = None) -> Dataset:

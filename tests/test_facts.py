@@ -275,3 +275,55 @@ def test_what_the_scan_does_not_understand_is_left_to_pydicom():
                            False, undefined=True)
     assert scan(broken_item, implicit=False, **kwargs) is None
     assert scan(uid[:-2], implicit=False, **kwargs) is None  # the data set itself is cut
+
+
+def _scan(data: bytes, implicit: bool):
+    return facts.header_scan.scan(data, implicit=implicit, wanted=facts._WANTED,
+                                  last=facts.LAST_TAG, whole=True)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_what_pydicom_reads_another_way_is_left_to_it(implicit):
+    """A defined-length item whose element runs past its end, sequences nested deeper than
+    MAX_DEPTH, and (Implicit VR) an undefined length on a tag the dictionary does not call a
+    sequence, which pydicom reads as bytes up to the first delimiter: all left to pydicom."""
+    uid = _element(0x00080018, b"UI", b"1.2.34\0", implicit)
+    import struct
+
+    value = b"1.2\0"
+    length_size = 4 if implicit else 2
+    overrun = (_element(0x00081150, b"UI", value, implicit)[:-len(value) - length_size]
+               + struct.pack("<L" if implicit else "<H", 12) + value)  # 12 in a 4-byte value
+    broken_item = _element(0x00081140, b"SQ", _item(overrun, False) + SEQUENCE_END,
+                           implicit, undefined=True)
+    assert _scan(uid + broken_item, implicit) is None
+
+    nested = b""
+    for _ in range(facts.header_scan.MAX_DEPTH + 1):
+        nested = _element(0x00081140, b"SQ", _item(nested, True) + SEQUENCE_END, implicit,
+                          undefined=True)
+    assert _scan(uid + nested, implicit) is None
+    shallow = b""
+    for _ in range(facts.header_scan.MAX_DEPTH - 1):
+        shallow = _element(0x00081140, b"SQ", _item(shallow, True) + SEQUENCE_END, implicit,
+                           undefined=True)
+    assert _scan(uid + shallow, implicit) is not None
+
+    if implicit:
+        not_a_sequence = _element(0x00081030, b"LO", _item(b"", True) + SEQUENCE_END, True,
+                                  undefined=True)
+        assert _scan(uid + not_a_sequence, True) is None
+        private = _element(0x00091010, b"", _item(b"", True) + SEQUENCE_END, True,
+                           undefined=True)
+        assert _scan(uid + private, True) is not None  # starts with an item: a sequence
+
+
+def test_a_value_pydicom_cannot_convert_makes_the_instance_invalid():
+    """A UID element whose explicit VR no standard knows: unreadable (0xC000 for a sender),
+    not an error of the archive's."""
+    from dicom.facts import facts_from_head
+
+    data_set = (_element(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0", False)
+                + _element(0x00080018, b"U\xe0", b"1.2.34\0", False))
+    with pytest.raises(InvalidInstance):
+        facts_from_head(data_set, "1.2.840.10008.1.2.1", whole=True)

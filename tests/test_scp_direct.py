@@ -104,12 +104,13 @@ def answer(association):
     return primitive
 
 
-def instance(tmp_path, name: str = "i.dcm", rows: int = 16) -> tuple[Dataset, bytes]:
-    """A Secondary Capture instance with ``rows`` rows of 4 pixels, and its data set bytes."""
+def instance(tmp_path, name: str = "i.dcm", rows: int = 16,
+             columns: int = 4) -> tuple[Dataset, bytes]:
+    """A Secondary Capture instance of ``rows`` by ``columns`` pixels, and its data set bytes."""
     path = small_instance(tmp_path / name)
     ds = dcmread(path)
-    ds.Rows = rows
-    ds.PixelData = bytes(n % 251 for n in range(rows * 4))
+    ds.Rows, ds.Columns = rows, columns
+    ds.PixelData = bytes(range(251)) * (rows * columns // 251) + bytes(rows * columns % 251)
     ds.save_as(path)
     return ds, data_set_bytes(path)
 
@@ -198,8 +199,11 @@ def test_a_command_inside_a_data_set_aborts_and_leaves_nothing(running, tmp_path
 
 def test_a_landing_file_the_disk_refuses_is_answered_out_of_resources(running, tmp_path,
                                                                      monkeypatch):
-    ds, data = instance(tmp_path, rows=4096)
+    """The first data set finds the disk full: 0xA700, nothing kept. The next ones, large
+    enough to need PDUs of 4 MiB (the buffer grows), are stored on the same association."""
+    ds, _data = instance(tmp_path, rows=4096)
     own_take = landing.ReadyFiles.take
+    full = [True]
 
     def take_full_disk(ready):
         landing_file = own_take(ready)
@@ -209,7 +213,7 @@ def test_a_landing_file_the_disk_refuses_is_answered_out_of_resources(running, t
                 self.file = file
 
             def write(self, data):
-                if len(data) > 1000:  # the meta header goes, the data set does not
+                if full[0] and len(data) > 1000:  # the meta header goes, the data set not
                     raise OSError(errno.ENOSPC, "No space left on device")
                 return self.file.write(data)
 
@@ -222,11 +226,18 @@ def test_a_landing_file_the_disk_refuses_is_answered_out_of_resources(running, t
     monkeypatch.setattr(landing.ReadyFiles, "take", take_full_disk)
     association = connect(running)
     status = association.send_c_store(dcmread(tmp_path / "i.dcm"))
-    association.release()
     assert status.Status == OUT_OF_RESOURCES
     assert "No space left" in status.ErrorComment
     assert running.archive.instance(ds.SOPInstanceUID) is None
     assert_only_ready_files(running.archive.landing_folder)
+
+    full[0] = False
+    for name in ("big.dcm", "bigger.dcm"):
+        big, big_data = instance(tmp_path, name, rows=2048, columns=4096)  # 8 MB
+        assert association.send_c_store(big).Status == SUCCESS
+        assert stored_data_set_bytes(running.archive, big.SOPInstanceUID) == big_data
+    association.release()
+    assert association.is_released
 
 
 def test_a_conflicting_store_is_refused_with_its_comment_and_offending_element(running,
@@ -367,3 +378,69 @@ def test_a_command_without_end_is_aborted_not_buffered(running):
     send(association, *[fragment] * 5)
     association._reactor_checkpoint.set()
     wait_until(lambda: association.is_aborted, "the association was not aborted")
+
+
+def test_a_data_set_streaming_longer_than_the_network_timeout_is_not_idle(running, tmp_path):
+    ds, data = instance(tmp_path, rows=4096)
+    running.ae.network_timeout = 0.5
+    association = connect(running)
+    cx = context_id(association, SecondaryCaptureImageStorage)
+    send(association, pdu(pdv(cx, 0x03, command_bytes(store_request(ds)))))
+    pieces = [data[n:n + 256] for n in range(0, len(data), 256)]
+    for number, piece in enumerate(pieces):
+        last = number == len(pieces) - 1
+        association.dul.socket.send(pdu(pdv(cx, 0x02 if last else 0x00, piece)))
+        # One PDU every 20 ms (the transport thread keeps reading them), for over a second.
+        time.sleep(0.02)
+    assert answer(association).Status == SUCCESS
+    association._reactor_checkpoint.set()
+    association.release()
+    assert association.is_released
+    assert stored_data_set_bytes(running.archive, ds.SOPInstanceUID) == data
+
+
+@pytest.mark.parametrize("broken", ["empty value", "value shorter than its header"])
+def test_a_malformed_pdu_inside_a_data_set_aborts_and_leaves_nothing(running, tmp_path,
+                                                                     broken):
+    ds, data = instance(tmp_path, rows=4096)
+    association = connect(running)
+    cx = context_id(association, SecondaryCaptureImageStorage)
+    bad = (struct.pack(">LBB", 1, cx, 0x00) if broken == "empty value"
+           else struct.pack(">L", 0))
+    send(association, pdu(pdv(cx, 0x03, command_bytes(store_request(ds))),
+                          pdv(cx, 0x00, data[:5000])), pdu(bad))
+    association._reactor_checkpoint.set()
+    wait_until(lambda: association.is_aborted, "the association was not aborted")
+    folder = running.archive.landing_folder
+    wait_until(lambda: not any(path.stat().st_size for path in folder.iterdir()),
+               "the part landed stayed")
+    assert running.archive.instance(ds.SOPInstanceUID) is None
+
+
+def test_an_empty_p_data_pdu_inside_a_data_set_is_passed_over(running, tmp_path):
+    """PS3.8 asks for one value at least; pynetdicom lets an empty PDU pass, and so do we."""
+    ds, data = instance(tmp_path)
+    association = connect(running)
+    cx = context_id(association, SecondaryCaptureImageStorage)
+    send(association, pdu(pdv(cx, 0x03, command_bytes(store_request(ds))),
+                          pdv(cx, 0x00, data[:100])), pdu(), pdu(pdv(cx, 0x02, data[100:])))
+    assert answer(association).Status == SUCCESS
+    association.release()
+    assert stored_data_set_bytes(running.archive, ds.SOPInstanceUID) == data
+
+
+def test_a_store_command_without_its_data_set_type_is_not_taken(running, tmp_path):
+    """(0000,0800) is required (PS3.7 9.3.1.1): without it the request is pynetdicom's to
+    judge, and nothing is stored."""
+    ds, data = instance(tmp_path)
+    association = connect(running)
+    cx = context_id(association, SecondaryCaptureImageStorage)
+    command = command_bytes(store_request(ds))
+    start = command.index(b"\x00\x00\x00\x08")  # (0000,0800): group, element, LE
+    command = command[:start] + command[start + 10:]  # the element (8 + 2 bytes) dropped
+    command = struct.pack("<HHLL", 0, 0, 4, len(command) - 12) + command[12:]
+    assert direct_store.read_command(command).data_set_type is None
+    send(association, pdu(pdv(cx, 0x03, command), pdv(cx, 0x02, data)))
+    association._reactor_checkpoint.set()
+    wait_until(lambda: not association.is_established, "the association stayed")
+    assert running.archive.instance(ds.SOPInstanceUID) is None
