@@ -171,7 +171,6 @@ class _Receiver:
         self.command_bytes = bytearray()
         # The command's values, copied (the buffer is read into again), to hand over if passed.
         self.command_values: list[bytes] = []
-        self.passing_data_set = False  # the message passed still has data set fragments
         self.request: StoreRequest | None = None
         self.landing: landing.LandingFile | None = None
         self.digest: landing.DataSetDigest | None = None
@@ -203,7 +202,7 @@ class _Receiver:
         if len(head) < _PDU_HEAD.size or head[0] != _P_DATA_TF:
             self.own_read_pdu()  # closed, short, or another PDU: pynetdicom's
             return False
-        pdu_type, length = _PDU_HEAD.unpack(head)
+        _pdu_type, length = _PDU_HEAD.unpack(head)
         if length > tuning.HARD_PDU_LIMIT:
             self.own_read_pdu()  # closes the connection unread (``tuning``)
             return False
