@@ -235,8 +235,8 @@ class DicomServer:
             direct_store.install(event.assoc, ready, self._store, self._storage_classes)
 
     def _on_c_store(self, event):
-        """EVT_C_STORE: the requests pynetdicom decoded itself (``direct_store`` takes the
-        others), landed in our folder or in pynetdicom's temporary file."""
+        """EVT_C_STORE: the requests pynetdicom decoded itself, those ``direct_store`` did not
+        take; landed in our folder, or in pynetdicom's temporary file."""
         path = Path(event.dataset_path)
         ours = path.parent == self._landing_folder
         request = direct_store.StoreRequest(
