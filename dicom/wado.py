@@ -9,7 +9,9 @@ Every KOS manifest names, per series, a Retrieve URL of the form
 - ``.../metadata`` at each of those levels answers ``application/dicom+json``: one JSON object
   per instance, without Pixel Data and without other large binary values (no bulk data URIs).
 - ``GET /wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..&contentType=application/dicom``
-  answers the stored instance.
+  answers the stored instance; ``contentType=image/jpeg`` or ``image/png`` a frame of it drawn
+  (``dicom.render``), which is also the answer for a single-frame image when no contentType is
+  given (PS3.18's default).
 
 No transcoding happens here: the stored transfer syntax is served when the client accepts it
 (``transfer-syntax=*``, the stored UID, or no transfer-syntax parameter at all); otherwise 406.
@@ -32,6 +34,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from dicom import render
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -44,6 +48,13 @@ PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
+
+# WADO-URI parameters (PS3.18) for rendered images only, and those this server does not
+# honour: refused by name rather than ignored (an anonymize ignored would hand out identities).
+RENDERING_PARAMETERS = {"frameNumber", "windowCenter", "windowWidth", "region", "rows",
+                        "columns", "imageQuality"}
+UNSUPPORTED_URI_PARAMETERS = {"anonymize", "annotation", "presentationUID",
+                              "presentationSeriesUID", "charset"}
 
 # A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters.
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -302,11 +313,15 @@ def _wado_uri_endpoint(archive):
         if not all(uids.values()):
             return PlainTextResponse("empty UID parameter: no such object", status_code=404)
 
-        # contentType: absent means "the server's choice"; we only have the DICOM object.
-        content_types = [t.split(";")[0].strip().lower()
-                         for t in query.get("contentType", DICOM).split(",")]
-        if DICOM not in content_types and "*/*" not in content_types:
-            return PlainTextResponse(f"only contentType={DICOM} is available", 406)
+        unsupported = sorted(set(query) & UNSUPPORTED_URI_PARAMETERS)
+        if unsupported:
+            return PlainTextResponse("not supported: " + ", ".join(unsupported), 400)
+        wanted = [t.split(";")[0].strip().lower()
+                  for t in query.get("contentType", "").split(",") if t.strip()]
+        offered = [t for t in wanted if t in (DICOM, *render.RENDERED_TYPES, "*/*")]
+        if wanted and not offered:
+            return PlainTextResponse("contentType: available are " + ", ".join(
+                (DICOM, *render.RENDERED_TYPES)), 406)
 
         try:
             records = await run_in_threadpool(select_instances, archive, uids["studyUID"],
@@ -315,6 +330,18 @@ def _wado_uri_endpoint(archive):
             return PlainTextResponse(str(exc), status_code=404)
         record = records[0]
 
+        media_type = offered[0] if offered else "*/*"
+        if media_type == "*/*":  # the server's choice: PS3.18's default for the object
+            header = await run_in_threadpool(archive.header, record.sop_instance_uid)
+            single_frame = render.is_image(header) and render.frame_count(header) == 1
+            media_type = "image/jpeg" if single_frame else DICOM
+        if media_type != DICOM:
+            return await _rendered(archive, record, query, media_type)
+
+        rendering = sorted(set(query) & RENDERING_PARAMETERS)
+        if rendering:
+            return PlainTextResponse(", ".join(rendering) + f": for rendered images only, "
+                                     f"not {DICOM}", 400)
         syntax = query.get("transferSyntax")
         if syntax and syntax != record.transfer_syntax_uid:
             return PlainTextResponse(f"the object is stored as {record.transfer_syntax_uid} "
@@ -325,6 +352,30 @@ def _wado_uri_endpoint(archive):
                                  headers={"Content-Length": str(record.size)})
 
     return wado
+
+
+async def _rendered(archive, record, query, media_type: str) -> Response:
+    """The instance drawn as ``media_type`` (a frame of it): 400 for a parameter that cannot
+    be honoured, 406 for an object that is no image."""
+    if "transferSyntax" in query:
+        return PlainTextResponse(f"transferSyntax: for {DICOM} only, not {media_type}", 400)
+    try:
+        request = render.RenderRequest.from_query(query, media_type)
+    except render.RenderError as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+
+    def draw() -> bytes:
+        with archive.open_instance(record.sop_instance_uid) as source:
+            return render.render(source, request)
+
+    try:
+        body = await run_in_threadpool(draw)
+    except render.RenderError as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    except render.NotRenderable as exc:
+        return PlainTextResponse(f"{media_type}: {exc}", status_code=406)
+    log.info("WADO-URI rendered instance %s as %s", record.sop_instance_uid, media_type)
+    return Response(body, media_type=media_type)
 
 
 def _is_uid(value: str) -> bool:

@@ -284,15 +284,125 @@ def test_wado_uri_unknown_objects_are_404(archive, client):
         assert client.get("/wado", params=params).status_code == 404, params
 
 
-def test_wado_uri_rendered_content_types_are_not_available(archive, client):
-    record = archive.instances_of(STUDY_024)[0]
-    params = wado_uri(STUDY_024, record.series_instance_uid, record.sop_instance_uid,
-                      contentType="image/jpeg")
-    assert client.get("/wado", params=params).status_code == 406
+def rendered(client, record, study: str, **extra):
+    """A WADO-URI GET with ``extra`` (contentType=None: none sent); the response, and the
+    image Pillow reads from it when it is one."""
+    from io import BytesIO
 
-    params["transferSyntax"] = JPEG_LOSSLESS_SV1
-    params["contentType"] = "application/dicom"
-    assert client.get("/wado", params=params).status_code == 406
+    from PIL import Image
+
+    params = wado_uri(study, record.series_instance_uid, record.sop_instance_uid, **extra)
+    params = {name: value for name, value in params.items() if value is not None}
+    response = client.get("/wado", params=params)
+    image = None
+    if response.status_code == 200 and response.headers["content-type"].startswith("image/"):
+        image = Image.open(BytesIO(response.content))
+        image.load()
+    return response, image
+
+
+def test_wado_uri_draws_a_single_frame_image_as_jpeg_unless_told_otherwise(archive, client):
+    """PS3.18's default for a single-frame image is image/jpeg; an explicit
+    application/dicom still gets the stored object."""
+    record = archive.instances_of(STUDY_002)[3]
+    header = archive.header(record.sop_instance_uid)
+
+    response, image = rendered(client, record, STUDY_002, contentType=None)
+    assert response.headers["content-type"] == "image/jpeg"
+    assert (image.format, image.mode) == ("JPEG", "L")
+    assert image.size == (header.Columns, header.Rows)
+
+    response, image = rendered(client, record, STUDY_002, contentType="image/png")
+    assert (image.format, image.size) == ("PNG", (header.Columns, header.Rows))
+
+    response, _ = rendered(client, record, STUDY_002)  # contentType=application/dicom
+    assert response.content == stored_bytes(archive, record.sop_instance_uid)
+
+
+def test_wado_uri_window_region_and_size_shape_the_image(archive, client):
+    record = archive.instances_of(STUDY_002)[3]
+    header = archive.header(record.sop_instance_uid)
+    png = {"contentType": "image/png"}
+
+    _, narrow = rendered(client, record, STUDY_002, windowCenter="100", windowWidth="50", **png)
+    _, wide = rendered(client, record, STUDY_002, windowCenter="100", windowWidth="2000", **png)
+    assert narrow.tobytes() != wide.tobytes()
+    _, dark = rendered(client, record, STUDY_002, windowCenter="100000", windowWidth="10",
+                       **png)
+    assert set(dark.tobytes()) == {0}  # every value below the window
+
+    _, half = rendered(client, record, STUDY_002, region="0,0,0.5,0.5", **png)
+    assert half.size == (round(header.Columns / 2), round(header.Rows / 2))
+    _, small = rendered(client, record, STUDY_002, rows="32", **png)
+    assert small.size[1] == 32
+    assert abs(small.size[0] - header.Columns * 32 / header.Rows) <= 1
+    _, box = rendered(client, record, STUDY_002, rows="1000", columns="40", **png)
+    assert box.size[0] == 40  # fits within both, aspect kept
+
+
+def test_wado_uri_multi_frame_objects_default_to_dicom_and_draw_one_frame(archive, client):
+    record = archive.instances_of(STUDY_021)[0]  # XA, 12 frames, JPEG Lossless
+    response, _ = rendered(client, record, STUDY_021, contentType=None)
+    assert response.headers["content-type"].startswith("application/dicom")
+    assert response.content == stored_bytes(archive, record.sop_instance_uid)
+
+    _, first = rendered(client, record, STUDY_021, contentType="image/png")
+    _, last = rendered(client, record, STUDY_021, contentType="image/png", frameNumber="12")
+    assert first.size == last.size and first.tobytes() != last.tobytes()
+    response, _ = rendered(client, record, STUDY_021, contentType="image/png", frameNumber="13")
+    assert response.status_code == 400 and "frameNumber" in response.text
+
+
+@pytest.mark.parametrize("extra, named", [
+    ({"contentType": "image/jpeg", "windowCenter": "40"}, "windowWidth"),
+    ({"contentType": "image/jpeg", "windowCenter": "40", "windowWidth": "0"}, "windowWidth"),
+    ({"contentType": "image/jpeg", "region": "0.5,0.5,0.2,0.9"}, "region"),
+    ({"contentType": "image/jpeg", "rows": "0"}, "rows"),
+    ({"contentType": "image/jpeg", "columns": "many"}, "columns"),
+    ({"contentType": "image/jpeg", "imageQuality": "101"}, "imageQuality"),
+    ({"contentType": "image/jpeg", "transferSyntax": EXPLICIT_LE}, "transferSyntax"),
+    ({"rows": "64"}, "rows"),  # with application/dicom
+    ({"anonymize": "yes"}, "anonymize"),  # never ignored: it would hand out identities
+    ({"contentType": "image/jpeg", "annotation": "patient"}, "annotation"),
+])
+def test_wado_uri_parameters_that_cannot_be_honoured_are_400_by_name(archive, client, extra,
+                                                                     named):
+    record = archive.instances_of(STUDY_002)[0]
+    response, _ = rendered(client, record, STUDY_002, **extra)
+    assert response.status_code == 400
+    assert named in response.text
+
+
+def test_wado_uri_other_content_types_and_stored_syntaxes_are_406(archive, client):
+    record = archive.instances_of(STUDY_024)[0]
+    for content_type in ("image/gif", "text/html"):
+        response, _ = rendered(client, record, STUDY_024, contentType=content_type)
+        assert response.status_code == 406 and "image/jpeg" in response.text
+
+    response, _ = rendered(client, record, STUDY_024, transferSyntax=JPEG_LOSSLESS_SV1)
+    assert response.status_code == 406
+
+
+def test_wado_uri_an_object_without_pixels_is_dicom_by_default_and_406_as_an_image(tmp_path):
+    """A Key Object Selection document has no image: application/dicom when no contentType
+    is given, 406 for image/jpeg."""
+    from pydicom import dcmread
+
+    from dicom.wado import wado_routes
+    from tests.test_archive import new_archive
+
+    archive = new_archive(tmp_path / "archive")
+    kos = NIST_IDS / "IDS-DEPT002-a" / "kos" / "kos.dcm"
+    archive.store(kos)
+    ds = dcmread(kos, stop_before_pixels=True)
+    params = wado_uri(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    with TestClient(Starlette(routes=wado_routes(archive))) as kos_client:
+        del params["contentType"]
+        response = kos_client.get("/wado", params=params)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/dicom")
+        response = kos_client.get("/wado", params={**params, "contentType": "image/jpeg"})
+        assert response.status_code == 406
 
 
 def test_study_retrieve_is_streamed_in_bounded_chunks(client):
