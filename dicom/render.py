@@ -2,11 +2,12 @@
 
 A single-frame image is answered as ``image/jpeg`` when the request names no content type (the
 WADO-URI default for single-frame images, PS3.18; other objects default to application/dicom),
-so a browser or a simple viewer gets a picture. The
-rendering follows the grayscale pipeline of PS3.3 C.11: Modality LUT (Rescale Slope and
+so a browser or a simple viewer gets a picture.
+
+The rendering follows the grayscale pipeline of PS3.3 C.11: the Modality LUT (Rescale Slope and
 Intercept, or a Modality LUT Sequence), then the VOI window (the request's ``windowCenter`` and
 ``windowWidth``, else the image's first window or VOI LUT, else the frame's own range), then
-MONOCHROME1 inverted; color images are converted to RGB (Palette Color through its LUTs). Then
+MONOCHROME1 inverted. Color images are converted to RGB (Palette Color through its LUTs). Then
 ``region`` crops and ``rows``/``columns`` scale the result to fit, keeping its aspect ratio.
 
 Only the frame asked for is decoded (the first by default): memory follows one frame, not the
