@@ -27,7 +27,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, p
 
 RENDERED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG"}
 DEFAULT_QUALITY = 90  # JPEG quality (imageQuality, 1 to 100) when the request gives none
-MAX_OUTPUT_PIXELS = 1 << 26  # rows x columns asked for: beyond this, a request is refused
+MAX_OUTPUT_PIXELS = 1 << 26  # pixels of a drawn image: beyond this, a request is refused
 
 
 class RenderError(ValueError):
@@ -171,6 +171,8 @@ def _fit(image: Image.Image, rows: int | None, columns: int | None) -> Image.Ima
     scale = min(columns / width if columns else float("inf"),
                 rows / height if rows else float("inf"))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size[0] * size[1] > MAX_OUTPUT_PIXELS:  # rows=60000 alone would scale a CT to 14 GB
+        raise RenderError("rows/columns: the image would be too large")
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 

@@ -102,3 +102,11 @@ def test_jpeg_quality_is_the_requests():
         source = part10(pixels)
         sizes.append(len(render(source, RenderRequest(quality=quality))))
     assert sizes[0] < sizes[1]
+
+
+def test_a_size_that_would_exhaust_memory_is_refused():
+    source = part10(np.zeros((4, 4), dtype=np.uint16))
+    with pytest.raises(RenderError, match="too large"):
+        render(source, RenderRequest(rows=60000))  # 60000 x 60000 pixels
+    source.seek(0)
+    assert len(render(source, RenderRequest(rows=400))) > 0
