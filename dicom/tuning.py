@@ -228,6 +228,36 @@ def read_uids_once() -> None:
     for module in _MODULES_USING_SET_UID:
         if getattr(module, "set_uid", None) is own:
             module.set_uid = set_uid
+    _add_standard_transfer_syntaxes_once()
+
+
+def _add_standard_transfer_syntaxes_once() -> None:
+    """``PresentationContext.add_transfer_syntax`` makes a pydicom UID of each syntax and checks
+    it with regular expressions three times: for the 360 syntaxes a storescu proposes, and again
+    for each context accepted, some 2 ms of each association. A standard transfer syntax (one
+    of DICOM's own, which pynetdicom accepts without a word) is made once and shared; any other
+    value goes through pynetdicom's own method, checks and warnings included."""
+    own = getattr(PresentationContext, "add_transfer_syntax", None)
+    if own is None or getattr(own, "standard_syntaxes", None) is not None:
+        return
+    standard: dict[str, UID] = {}
+
+    def add_transfer_syntax(self, syntax) -> None:
+        text = syntax.decode("ascii", "replace") if isinstance(syntax, bytes) else syntax
+        shared = standard.get(text) if isinstance(text, str) else None
+        if shared is None or not isinstance(getattr(self, "_transfer_syntax", None), list):
+            own(self, syntax)
+            if isinstance(text, str):  # kept only if in DICOM's dictionary: a bounded set
+                uid = UID(str.__str__(text))
+                if uid.is_valid and uid.is_transfer_syntax and not uid.is_private:
+                    standard[str.__str__(text)] = uid
+            return
+        if shared not in self._transfer_syntax:
+            self._transfer_syntax.append(shared)
+
+    add_transfer_syntax.standard_syntaxes = standard
+    add_transfer_syntax.pynetdicoms = own
+    PresentationContext.add_transfer_syntax = add_transfer_syntax
 
 
 def _read_in_large_pieces(transport) -> None:

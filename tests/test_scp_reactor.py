@@ -283,6 +283,36 @@ def test_uids_read_once_are_the_uids_pynetdicom_makes():
     assert pdu_items.set_uid is cached
 
 
+def test_standard_transfer_syntaxes_are_added_as_pynetdicom_adds_them():
+    """Shared standard syntaxes give the list pynetdicom's own method gives, duplicates and
+    all; anything else (private, unknown, not a UID) still gets pynetdicom's checks."""
+    from pydicom.uid import UID
+    from pynetdicom.presentation import PresentationContext
+
+    from dicom.tuning import read_uids_once
+
+    read_uids_once()
+    quick = PresentationContext.add_transfer_syntax
+    own = quick.pynetdicoms
+    try:
+        proposals = ["1.2.840.10008.1.2.1", b"1.2.840.10008.1.2", UID("1.2.840.10008.1.2.4.70"),
+                     "1.2.840.10008.1.2.1", "1.2.3.4.5", "1.2.840.10008.1.2.1.99", None]
+        lists = []
+        for method in (own, quick, quick):  # the second round takes the shared syntaxes
+            context = PresentationContext()
+            for proposal in proposals:
+                method(context, proposal)
+            lists.append(context.transfer_syntax)
+        assert lists[0] == lists[1] == lists[2]
+        assert "1.2.840.10008.1.2.1" in quick.standard_syntaxes
+        assert "1.2.3.4.5" not in quick.standard_syntaxes  # not DICOM's: checked each time
+        with pytest.raises(ValueError):
+            quick(PresentationContext(), "1" * 65)  # longer than a UID may be
+    finally:
+        read_uids_once()  # installed once: a second call changes nothing
+        assert PresentationContext.add_transfer_syntax is quick
+
+
 def _associate_rq(contexts: int, syntaxes: int, called: bytes = b"XDSI") -> bytes:
     """An A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing CT Image Storage ``contexts`` times, each
     with ``syntaxes`` transfer syntaxes."""
