@@ -5,29 +5,39 @@ WADO-URI default for single-frame images, PS3.18; other objects default to appli
 so a browser or a simple viewer gets a picture.
 
 The rendering follows the grayscale pipeline of PS3.3 C.11: the Modality LUT (Rescale Slope and
-Intercept, or a Modality LUT Sequence), then the VOI window (the request's ``windowCenter`` and
-``windowWidth``, else the image's first window or VOI LUT, else the frame's own range), then
-MONOCHROME1 inverted. Color images are converted to RGB (Palette Color through its LUTs). Then
+Intercept, or a Modality LUT Sequence), then the VOI LUT (the request's ``windowCenter`` and
+``windowWidth``, else the image's first window, else its VOI LUT Sequence scaled by its own
+output range, else the frame's own range end to end), the window by the image's VOI LUT Function
+(LINEAR, LINEAR_EXACT, SIGMOID), then MONOCHROME1 inverted. An enhanced image's frame takes its
+values from the Shared, then the Per-Frame Functional Groups. Color images are converted to
+RGB (Palette Color through its LUTs, 8- or 16-bit entries as its descriptor says). Then
 ``region`` crops and ``rows``/``columns`` scale the result to fit, keeping its aspect ratio.
+A display attribute that cannot be read (an empty or non-numeric window, say) is passed over.
 
-Only the frame asked for is decoded (the first by default): memory follows one frame, not the
-whole object.
+Only the frame asked for is decoded (the first by default), in float32: memory follows one
+frame, and frames over MAX_INPUT_PIXELS are not drawn, nor images over MAX_OUTPUT_PIXELS made.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import UID
 
 RENDERED_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG"}
 DEFAULT_QUALITY = 90  # JPEG quality (imageQuality, 1 to 100) when the request gives none
-MAX_OUTPUT_PIXELS = 1 << 26  # pixels of a drawn image: beyond this, a request is refused
+MAX_INPUT_PIXELS = 1 << 25  # a frame larger than this is not drawn: memory follows the frame
+MAX_OUTPUT_PIXELS = 1 << 24  # nor is an image this large asked for (rows, columns)
+JPEG_MAX_SIDE = 65500  # the longest side a baseline JPEG can have (Pillow's limit)
 
 
 class RenderError(ValueError):
@@ -35,7 +45,7 @@ class RenderError(ValueError):
 
 
 class NotRenderable(Exception):
-    """The object holds no image to render (HTTP 406 for a rendered type)."""
+    """The object holds no image that can be drawn (HTTP 406 for a rendered type)."""
 
 
 @dataclass
@@ -43,7 +53,7 @@ class RenderRequest:
     """The rendering parameters of a WADO-URI request, checked."""
 
     media_type: str = "image/jpeg"
-    frame: int = 1
+    frame: int | None = None  # 1-based; None: not given (the first frame)
     window: tuple[float, float] | None = None  # (center, width)
     region: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in 0..1
     rows: int | None = None
@@ -68,8 +78,6 @@ class RenderRequest:
             request.rows = _integer(query, "rows", 1)
         if "columns" in query:
             request.columns = _integer(query, "columns", 1)
-        if (request.rows or 1) * (request.columns or 1) > MAX_OUTPUT_PIXELS:
-            raise RenderError("rows x columns is too large")
         if "imageQuality" in query:
             request.quality = _integer(query, "imageQuality", 1, 100)
         return request
@@ -96,23 +104,25 @@ def render(source: BinaryIO, request: RenderRequest) -> bytes:
     if not is_image(header):
         raise NotRenderable("the object holds no image")
     frames = frame_count(header)
-    if request.frame > frames:
-        raise RenderError(f"frameNumber {request.frame}: the image has {frames} frame(s)")
-    source.seek(0)
-    try:
-        frame = pixel_array(source, index=request.frame - 1 if frames > 1 else None)
-    except Exception as exc:  # noqa: BLE001 - the decoders raise many kinds
-        raise NotRenderable(f"the image cannot be decoded: {exc}") from exc
+    if request.frame is not None and frames == 1:
+        raise RenderError("frameNumber: the object is not a multi-frame image")
+    if (request.frame or 1) > frames:
+        raise RenderError(f"frameNumber {request.frame}: the image has {frames} frames")
+    if int(header.Rows) * int(header.Columns) > MAX_INPUT_PIXELS:
+        raise NotRenderable(f"a frame of {header.Rows} x {header.Columns} pixels is not drawn")
 
-    if int(header.SamplesPerPixel) == 1 and header.get("PhotometricInterpretation") in (
-            "MONOCHROME1", "MONOCHROME2"):
-        image = Image.fromarray(_grayscale(frame, header, request.window), mode="L")
-    elif request.window is not None:
-        raise RenderError("windowCenter and windowWidth apply to grayscale images only")
-    else:
-        image = Image.fromarray(_rgb(frame, header), mode="RGB")
+    index = (request.frame or 1) - 1
+    try:
+        frame = _decode(source, header, index if frames > 1 else None)
+        image = _draw(frame, _frame_attributes(header, index), request.window)
+    except (RenderError, NotRenderable):
+        raise
+    except Exception as exc:  # noqa: BLE001 - broken attributes, decoders: many kinds
+        raise NotRenderable(f"the image cannot be drawn: {exc}") from exc
 
     image = _fit(_crop(image, request.region), request.rows, request.columns)
+    if request.media_type == "image/jpeg" and max(image.size) > JPEG_MAX_SIDE:
+        raise RenderError(f"rows/columns: a JPEG side is at most {JPEG_MAX_SIDE} pixels")
     out = io.BytesIO()
     if request.media_type == "image/jpeg":
         image.save(out, "JPEG", quality=request.quality)
@@ -121,35 +131,138 @@ def render(source: BinaryIO, request: RenderRequest) -> bytes:
     return out.getvalue()
 
 
-def _grayscale(frame: np.ndarray, header, window: tuple[float, float] | None) -> np.ndarray:
-    values = apply_modality_lut(frame, header).astype(np.float64)
-    if window is None and "VOILUTSequence" in header and "WindowCenter" not in header:
-        values = apply_voi_lut(values, header, prefer_lut=True).astype(np.float64)
-    if window is None and "WindowCenter" in header and "WindowWidth" in header:
-        window = (_first(header.WindowCenter), _first(header.WindowWidth))
-    if window is None or window[1] < 1:
+def _decode(source: BinaryIO, header, index: int | None) -> np.ndarray:
+    source.seek(0)
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and UID(syntax).is_deflated:  # read whole: pydicom inflates then
+        return pixel_array(dcmread(source), index=index)
+    return pixel_array(source, index=index)
+
+
+def _frame_attributes(header, index: int) -> Dataset:
+    """The attributes that draw frame ``index``: the image's own, overridden by the Shared and
+    then the Per-Frame Functional Groups of an enhanced image (PS3.3 C.7.6.16)."""
+    attributes = Dataset()
+    for keyword in _DRAWING_KEYWORDS:
+        if keyword in header:
+            attributes[keyword] = header[keyword]
+    groups = []
+    for sequence, item in (("SharedFunctionalGroupsSequence", 0),
+                           ("PerFrameFunctionalGroupsSequence", index)):
+        items = header.get(sequence) or []
+        if item < len(items):
+            groups.append(items[item])
+    for group in groups:
+        for macro in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            for element in (group.get(macro) or [Dataset()])[0]:
+                if element.keyword in _DRAWING_KEYWORDS:
+                    attributes[element.keyword] = element
+    return attributes
+
+
+_DRAWING_KEYWORDS = ("PhotometricInterpretation", "BitsStored", "PixelRepresentation",
+                     "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence", "WindowCenter",
+                     "WindowWidth", "VOILUTFunction", "VOILUTSequence",
+                     "RedPaletteColorLookupTableDescriptor",
+                     "GreenPaletteColorLookupTableDescriptor",
+                     "BluePaletteColorLookupTableDescriptor",
+                     "RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData",
+                     "BluePaletteColorLookupTableData",
+                     "SegmentedRedPaletteColorLookupTableData",
+                     "SegmentedGreenPaletteColorLookupTableData",
+                     "SegmentedBluePaletteColorLookupTableData")
+
+
+def _draw(frame: np.ndarray, attributes: Dataset, window) -> Image.Image:
+    photometric = attributes.get("PhotometricInterpretation")
+    if frame.ndim == 2 and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        gray = _grayscale(frame, attributes, window)
+        return Image.fromarray(255 - gray if photometric == "MONOCHROME1" else gray, mode="L")
+    if window is not None:
+        raise RenderError("windowCenter and windowWidth apply to grayscale images only")
+    return Image.fromarray(_rgb(frame, attributes), mode="RGB")
+
+
+def _grayscale(frame: np.ndarray, attributes: Dataset, window) -> np.ndarray:
+    """PS3.3 C.11: Modality LUT, then VOI LUT or window, onto 0..255."""
+    values = _modality(frame, attributes)
+    function = str(attributes.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if window is None:
+        center = _value(attributes.get("WindowCenter"))
+        width = _value(attributes.get("WindowWidth"))
+        if center is not None and width is not None and width > 0:
+            window = (center, width)
+        elif "VOILUTSequence" in attributes:
+            lut = attributes.VOILUTSequence[0]
+            bits = int(lut.LUTDescriptor[2])
+            out = apply_voi_lut(values, attributes, prefer_lut=True)
+            return _to_byte(out.astype(np.float64) / ((1 << bits) - 1) * 255)
+    if window is None:  # the frame's own range, end to end
         low, high = float(values.min()), float(values.max())
-        window = ((low + high) / 2, max(high - low, 1.0))
-    center, width = window
-    # PS3.3 C.11.2.1.2.1, the linear function, onto 0..255.
-    scaled = ((values - (center - 0.5)) / (width - 1 if width > 1 else 1) + 0.5) * 255
-    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    if header.PhotometricInterpretation == "MONOCHROME1":
-        gray = 255 - gray
-    return gray
+        if high <= low:
+            return np.zeros(values.shape, dtype=np.uint8)
+        return _to_byte((values - low) / (high - low) * 255)
+    return _window(values, *window, function)
 
 
-def _rgb(frame: np.ndarray, header) -> np.ndarray:
-    if header.get("PhotometricInterpretation") == "PALETTE COLOR":
-        frame = apply_color_lut(frame, header)
+def _modality(frame: np.ndarray, attributes: Dataset) -> np.ndarray:
+    if "ModalityLUTSequence" in attributes:
+        return apply_modality_lut(frame, attributes).astype(np.float32)
+    values = frame.astype(np.float32)
+    slope = _value(attributes.get("RescaleSlope"))
+    intercept = _value(attributes.get("RescaleIntercept"))
+    if slope is not None and slope != 1:
+        values *= slope
+    if intercept:
+        values += intercept
+    return values
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """The VOI LUT Function onto 0..255 (PS3.3 C.11.2.1.2 and C.11.2.1.3)."""
+    if function == "SIGMOID":
+        return _to_byte(255 / (1 + np.exp(-4 * (values - center) / width)))
+    if function == "LINEAR_EXACT":
+        scaled = ((values - center) / width + 0.5) * 255
+        low, high = center - width / 2, center + width / 2
+    else:  # LINEAR; a width of 1 is a step at the center
+        scaled = ((values - (center - 0.5)) / max(width - 1, 1) + 0.5) * 255
+        low = center - 0.5 - (width - 1) / 2
+        high = center - 0.5 + (width - 1) / 2
+    scaled = np.where(values <= low, 0, np.where(values > high, 255, scaled))
+    return _to_byte(scaled)
+
+
+def _to_byte(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _rgb(frame: np.ndarray, attributes: Dataset) -> np.ndarray:
+    if attributes.get("PhotometricInterpretation") == "PALETTE COLOR":
+        # Entries of 8 or 16 bits (the descriptor's third value), whatever their storage.
+        bits = int(attributes.RedPaletteColorLookupTableDescriptor[2])
+        frame = apply_color_lut(frame, attributes)
+    else:
+        bits = int(attributes.get("BitsStored") or 8)
     if frame.ndim != 3 or frame.shape[-1] != 3:
-        raise NotRenderable(f"photometric interpretation {header.get('PhotometricInterpretation')} "
-                            "is not rendered")
-    if frame.dtype != np.uint8:  # 16-bit color (a palette's LUT entries): top 8 bits
-        bits = 16 if header.get("PhotometricInterpretation") == "PALETTE COLOR" \
-            else int(header.BitsStored)
-        frame = (frame.astype(np.uint32) >> max(bits - 8, 0)).astype(np.uint8)
-    return np.ascontiguousarray(frame)
+        raise NotRenderable(f"photometric interpretation "
+                            f"{attributes.get('PhotometricInterpretation')} is not drawn")
+    if bits > 8:
+        frame = frame.astype(np.uint32) >> (bits - 8)
+    return np.ascontiguousarray(frame.astype(np.uint8))
+
+
+def _value(value) -> float | None:
+    """The first value of a DS/IS element as a finite number; None when absent or unusable."""
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _crop(image: Image.Image, region) -> Image.Image:
@@ -176,28 +289,21 @@ def _fit(image: Image.Image, rows: int | None, columns: int | None) -> Image.Ima
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 
-def _first(value) -> float:
-    try:
-        return float(value[0])
-    except TypeError:  # a single value
-        return float(value)
-
-
 def _number(query, name: str) -> float:
     try:
         value = float(query[name])
     except ValueError:
         raise RenderError(f"{name} must be a number") from None
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise RenderError(f"{name} must be a number")
     return value
 
 
 def _integer(query, name: str, low: int, high: int | None = None) -> int:
-    try:
-        value = int(query[name])
-    except ValueError:
-        raise RenderError(f"{name} must be an integer") from None
+    text = query[name].strip()
+    if not text.isascii() or not text.lstrip("+-").isdigit():
+        raise RenderError(f"{name} must be an integer")
+    value = int(text)
     if value < low or (high is not None and value > high):
         raise RenderError(f"{name} must be between {low} and {high}" if high is not None
                           else f"{name} must be at least {low}")

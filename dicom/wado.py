@@ -313,15 +313,18 @@ def _wado_uri_endpoint(archive):
         if not all(uids.values()):
             return PlainTextResponse("empty UID parameter: no such object", status_code=404)
 
+        repeated = sorted(name for name in query if len(query.getlist(name)) > 1)
+        if repeated:
+            return PlainTextResponse("given more than once: " + ", ".join(repeated), 400)
         unsupported = sorted(set(query) & UNSUPPORTED_URI_PARAMETERS)
         if unsupported:
             return PlainTextResponse("not supported: " + ", ".join(unsupported), 400)
-        wanted = [t.split(";")[0].strip().lower()
-                  for t in query.get("contentType", "").split(",") if t.strip()]
-        offered = [t for t in wanted if t in (DICOM, *render.RENDERED_TYPES, "*/*")]
-        if wanted and not offered:
-            return PlainTextResponse("contentType: available are " + ", ".join(
-                (DICOM, *render.RENDERED_TYPES)), 406)
+        try:
+            media_type = _requested_type(query.get("contentType"))
+        except NotAcceptable as exc:
+            return PlainTextResponse(str(exc), 406)
+        except ValueError as exc:
+            return PlainTextResponse(str(exc), 400)
 
         try:
             records = await run_in_threadpool(select_instances, archive, uids["studyUID"],
@@ -330,11 +333,13 @@ def _wado_uri_endpoint(archive):
             return PlainTextResponse(str(exc), status_code=404)
         record = records[0]
 
-        media_type = offered[0] if offered else "*/*"
-        if media_type == "*/*":  # the server's choice: PS3.18's default for the object
+        if media_type is None:  # the server's choice: PS3.18's default for the object
             header = await run_in_threadpool(archive.header, record.sop_instance_uid)
-            single_frame = render.is_image(header) and render.frame_count(header) == 1
-            media_type = "image/jpeg" if single_frame else DICOM
+            if _drawn_by_default(header, query, request.headers.get("accept")):
+                response = await _rendered(archive, record, query, "image/jpeg")
+                if response.status_code != 406:
+                    return response
+            media_type = DICOM  # not an image, or one that cannot be drawn: the object
         if media_type != DICOM:
             return await _rendered(archive, record, query, media_type)
 
@@ -352,6 +357,37 @@ def _wado_uri_endpoint(archive):
                                  headers={"Content-Length": str(record.size)})
 
     return wado
+
+
+def _requested_type(content_type: str | None) -> str | None:
+    """The media type a contentType parameter asks for (its best weighted type this server
+    has); None when it leaves the choice to the server. NotAcceptable when it names none of
+    ours; ValueError when it mixes application/dicom with rendered types (PS3.18)."""
+    if content_type is None or not content_type.strip():
+        return None
+    ranges = parse_accept(content_type)
+    names = {r.media_type for r in ranges}
+    if DICOM in names and names & set(render.RENDERED_TYPES):
+        raise ValueError(f"contentType: {DICOM} and rendered types cannot be mixed")
+    for media_range in ranges:
+        if media_range.media_type in (DICOM, *render.RENDERED_TYPES):
+            return media_range.media_type
+        if media_range.media_type == "*/*":
+            return None
+    raise NotAcceptable("contentType: available are " + ", ".join((DICOM,
+                                                                   *render.RENDERED_TYPES)))
+
+
+def _drawn_by_default(header, query, accept: str | None) -> bool:
+    """Whether a request without contentType gets a JPEG: a single-frame image, or one frame
+    asked for by number, when the Accept header allows image/jpeg and the request names no
+    transfer syntax (which only the DICOM object has)."""
+    if not render.is_image(header) or "transferSyntax" in query:
+        return False
+    if render.frame_count(header) > 1 and "frameNumber" not in query:
+        return False
+    accepted = {r.media_type for r in parse_accept(accept)}
+    return bool(accepted & {"image/jpeg", "image/*", "*/*"})
 
 
 async def _rendered(archive, record, query, media_type: str) -> Response:

@@ -110,3 +110,135 @@ def test_a_size_that_would_exhaust_memory_is_refused():
         render(source, RenderRequest(rows=60000))  # 60000 x 60000 pixels
     source.seek(0)
     assert len(render(source, RenderRequest(rows=400))) > 0
+
+
+def _dataset_of(source: BytesIO):
+    from pydicom import dcmread
+
+    source.seek(0)
+    return dcmread(source)
+
+
+def _saved(ds) -> BytesIO:
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    out.seek(0)
+    return out
+
+
+def test_a_window_of_width_1_is_a_step_and_the_frames_range_spans_0_to_255():
+    mask = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    assert drawn(part10(mask), window=(0.5, 1)).tolist() == [[0, 255], [255, 0]]
+    levels = np.array([[0, 10], [20, 30]], dtype=np.uint16)
+    assert drawn(part10(levels)).tolist() == [[0, 85], [170, 255]]
+
+
+@pytest.mark.parametrize("function", ["SIGMOID", "LINEAR_EXACT"])
+def test_the_voi_lut_function_is_applied(function):
+    stored = np.array([[1000, 1750], [2000, 2600]], dtype=np.uint16)
+    source = part10(stored, WindowCenter=2000, WindowWidth=1000, VOILUTFunction=function)
+    c, w = 2000.0, 1000.0
+
+    def reference(x: float) -> int:  # PS3.3 C.11.2.1.3.1 and C.11.2.1.3.2
+        if function == "SIGMOID":
+            return int(np.rint(255 / (1 + np.exp(-4 * (x - c) / w))))
+        if x <= c - w / 2:
+            return 0
+        return 255 if x > c + w / 2 else int(np.rint(((x - c) / w + 0.5) * 255))
+
+    assert drawn(source).tolist() == [[reference(v) for v in row] for row in stored.tolist()]
+
+
+def test_a_voi_lut_is_scaled_by_its_own_output_range():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.array([[0, 1], [2, 3]], dtype=np.uint16)
+    ds = _dataset_of(part10(stored))
+    lut = Dataset()
+    lut.LUTDescriptor = [4, 0, 12]  # 12-bit output
+    lut.add_new(0x00283006, "US", [0, 341, 682, 1023])  # LUT Data
+    ds.VOILUTSequence = Sequence([lut])
+    assert drawn(_saved(ds)).tolist() == [[0, 21], [42, 64]]  # 1023 of 4095 is a quarter
+
+
+def test_unusable_display_attributes_are_passed_over_or_refused():
+    stored = np.array([[0, 10], [20, 30]], dtype=np.uint16)
+    ds = _dataset_of(part10(stored))
+    ds.add_new(0x00281050, "DS", "987")  # Window Center, made "abc" below
+    ds.add_new(0x00281051, "DS", "100")
+    ds.add_new(0x00281053, "DS", "")  # Rescale Slope, empty
+    broken = BytesIO(_saved(ds).getvalue().replace(b"987 ", b"abc "))
+    assert drawn(broken).tolist() == [[0, 85], [170, 255]]  # the frame's own range
+
+    palette = _dataset_of(part10(stored.astype(np.uint8), "PALETTE COLOR"))
+    with pytest.raises(NotRenderable):  # no lookup tables at all
+        render(_saved(palette), RenderRequest())
+
+
+def test_a_palette_of_8_bit_entries_in_16_bit_words_keeps_its_values():
+    from pydicom import DataElement
+
+    indexes = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    ds = _dataset_of(part10(indexes, "PALETTE COLOR"))
+    entries = {"Red": 255, "Green": 0, "Blue": 200}
+    for number, (color, value) in enumerate(entries.items()):
+        ds.add_new(0x00281101 + number, "US", [256, 0, 8])  # the color's LUT descriptor
+        table = np.zeros(256, dtype=np.uint16)
+        table[1] = value
+        ds[f"{color}PaletteColorLookupTableData"] = DataElement(
+            f"{color}PaletteColorLookupTableData", "OW", table.tobytes())
+    rgb = drawn(_saved(ds))
+    assert rgb[0, 1].tolist() == [255, 0, 200] and rgb[0, 0].tolist() == [0, 0, 0]
+
+
+def test_an_enhanced_images_frame_takes_its_functional_groups():
+    """Rescale from the Shared group, window from the Per-Frame group of the frame drawn."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    frames = np.array([[[0, 1024], [1064, 2048]], [[0, 1024], [1064, 2048]]], dtype=np.uint16)
+    ds = _dataset_of(part10(frames[0]))
+    ds.NumberOfFrames = 2
+    ds.PixelData = frames.tobytes()
+    transformation = Dataset()
+    transformation.RescaleSlope, transformation.RescaleIntercept = 1, -1024
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = Sequence([transformation])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for center, width in ((0, 100), (40, 2000)):
+        window = Dataset()
+        window.WindowCenter, window.WindowWidth = center, width
+        item = Dataset()
+        item.FrameVOILUTSequence = Sequence([window])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    source = _saved(ds)
+    for frame, (center, width) in ((1, (0, 100)), (2, (40, 2000))):
+        source.seek(0)
+        expected = [[linear(v - 1024, center, width) for v in row]
+                    for row in frames[frame - 1].tolist()]
+        assert drawn(source, frame=frame).tolist() == expected
+
+
+def test_a_deflated_image_is_drawn():
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = _dataset_of(part10(np.array([[0, 10], [20, 30]], dtype=np.uint16)))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    assert drawn(_saved(ds)).tolist() == [[0, 85], [170, 255]]
+
+
+def test_sizes_beyond_the_limits_are_refused():
+    from dicom import render as module
+
+    source = part10(np.zeros((512, 1), dtype=np.uint8))
+    with pytest.raises(RenderError, match="JPEG side"):
+        render(source, RenderRequest(rows=65536))  # 128 x 65536: few pixels, too tall
+    source.seek(0)
+    ds = _dataset_of(source)
+    ds.Rows, ds.Columns = 8192, 8192  # declared only: refused before any decoding
+    with pytest.raises(NotRenderable, match="8192 x 8192"):
+        render(_saved(ds), RenderRequest())
+    assert module.MAX_INPUT_PIXELS < 8192 * 8192

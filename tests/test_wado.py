@@ -373,6 +373,31 @@ def test_wado_uri_parameters_that_cannot_be_honoured_are_400_by_name(archive, cl
     assert named in response.text
 
 
+def test_wado_uri_content_negotiation_follows_ps3_18(archive, client):
+    single = archive.instances_of(STUDY_002)[3]
+    multi = archive.instances_of(STUDY_021)[0]
+
+    response, image = rendered(client, single, STUDY_002,
+                               contentType="image/jpeg;q=0.2,image/png")
+    assert image.format == "PNG"  # the better weighted
+    response, _ = rendered(client, single, STUDY_002, contentType="application/dicom,image/jpeg")
+    assert response.status_code == 400 and "mixed" in response.text
+
+    params = wado_uri(STUDY_002, single.series_instance_uid, single.sop_instance_uid)
+    del params["contentType"]
+    response = client.get("/wado", params=params, headers={"Accept": "application/dicom"})
+    assert response.headers["content-type"].startswith("application/dicom")
+    response = client.get("/wado", params={**params, "transferSyntax": EXPLICIT_LE})
+    assert response.headers["content-type"].startswith("application/dicom")
+    response = client.get("/wado", params=[*params.items(), ("rows", "8"), ("rows", "9")])
+    assert response.status_code == 400 and "rows" in response.text
+
+    response, _ = rendered(client, single, STUDY_002, contentType="image/png", frameNumber="1")
+    assert response.status_code == 400 and "multi-frame" in response.text
+    response, image = rendered(client, multi, STUDY_021, contentType=None, frameNumber="2")
+    assert image.format == "JPEG"  # one frame asked for: an image, as for a single frame
+
+
 def test_wado_uri_other_content_types_and_stored_syntaxes_are_406(archive, client):
     record = archive.instances_of(STUDY_024)[0]
     for content_type in ("image/gif", "text/html"):
