@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -38,6 +40,9 @@ DEFAULT_QUALITY = 90  # JPEG quality (imageQuality, 1 to 100) when the request g
 MAX_INPUT_PIXELS = 1 << 25  # a frame larger than this is not drawn: memory follows the frame
 MAX_OUTPUT_PIXELS = 1 << 24  # nor is an image this large asked for (rows, columns)
 JPEG_MAX_SIDE = 65500  # the longest side a baseline JPEG can have (Pillow's limit)
+# Drawings at once: each may hold some 600 MB for the largest frame, and the web server's
+# thread pool (40 threads) would otherwise let as many run.
+_DRAWINGS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
 
 class RenderError(ValueError):
@@ -104,21 +109,27 @@ def render(source: BinaryIO, request: RenderRequest) -> bytes:
     if not is_image(header):
         raise NotRenderable("the object holds no image")
     frames = frame_count(header)
-    if request.frame is not None and frames == 1:
+    if request.frame is not None and "NumberOfFrames" not in header:
         raise RenderError("frameNumber: the object is not a multi-frame image")
     if (request.frame or 1) > frames:
         raise RenderError(f"frameNumber {request.frame}: the image has {frames} frames")
-    if int(header.Rows) * int(header.Columns) > MAX_INPUT_PIXELS:
+    try:
+        pixels = int(header.Rows) * int(header.Columns)
+    except (TypeError, ValueError):
+        raise NotRenderable("Rows and Columns do not say the image's size") from None
+    if pixels > MAX_INPUT_PIXELS:
         raise NotRenderable(f"a frame of {header.Rows} x {header.Columns} pixels is not drawn")
 
     index = (request.frame or 1) - 1
-    try:
-        frame = _decode(source, header, index if frames > 1 else None)
-        image = _draw(frame, _frame_attributes(header, index), request.window)
-    except (RenderError, NotRenderable):
-        raise
-    except Exception as exc:  # noqa: BLE001 - broken attributes, decoders: many kinds
-        raise NotRenderable(f"the image cannot be drawn: {exc}") from exc
+    with _DRAWINGS:
+        try:
+            frame = _decode(source, header, index if frames > 1 else None)
+            image = _draw(frame, _frame_attributes(header, index), request.window)
+        except (RenderError, NotRenderable, MemoryError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - broken attributes, decoders (a Rust
+            # decoder's panic is a BaseException): many kinds, none the server's fault
+            raise NotRenderable(f"the image cannot be drawn: {exc}") from exc
 
     image = _fit(_crop(image, request.region), request.rows, request.columns)
     if request.media_type == "image/jpeg" and max(image.size) > JPEG_MAX_SIDE:
@@ -134,15 +145,25 @@ def render(source: BinaryIO, request: RenderRequest) -> bytes:
 def _decode(source: BinaryIO, header, index: int | None) -> np.ndarray:
     source.seek(0)
     syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and UID(syntax).is_deflated:  # read whole: pydicom inflates then
-        return pixel_array(dcmread(source), index=index)
-    return pixel_array(source, index=index)
+    if syntax is None or not UID(syntax).is_deflated:
+        try:
+            return pixel_array(source, index=index)
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - a deflated object, an odd offset table: read whole
+            source.seek(0)
+    return pixel_array(dcmread(source), index=index)
 
 
 def _frame_attributes(header, index: int) -> Dataset:
-    """The attributes that draw frame ``index``: the image's own, overridden by the Shared and
-    then the Per-Frame Functional Groups of an enhanced image (PS3.3 C.7.6.16)."""
+    """The attributes that draw frame ``index``: the image's own, replaced by those of the
+    Shared and then the Per-Frame Functional Groups of an enhanced image (PS3.3 C.7.6.16): a
+    frame with a Pixel Value Transformation or a Frame VOI LUT takes all its modality or VOI
+    values from there, none from the image's."""
     attributes = Dataset()
+    # pydicom reads a LUT's OW data by the data set's encoding: the header's.
+    attributes.file_meta = getattr(header, "file_meta", Dataset())
+    attributes.set_original_encoding(*header.original_encoding, header.original_character_set)
     for keyword in _DRAWING_KEYWORDS:
         if keyword in header:
             attributes[keyword] = header[keyword]
@@ -153,13 +174,24 @@ def _frame_attributes(header, index: int) -> Dataset:
         if item < len(items):
             groups.append(items[item])
     for group in groups:
-        for macro in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
-            for element in (group.get(macro) or [Dataset()])[0]:
-                if element.keyword in _DRAWING_KEYWORDS:
+        for macro, replaced in _MACROS.items():
+            values = group.get(macro)
+            if not values:
+                continue
+            for keyword in replaced:
+                if keyword in attributes:
+                    del attributes[keyword]
+            for element in values[0]:
+                if element.keyword in replaced:
                     attributes[element.keyword] = element
     return attributes
 
 
+_MACROS = {  # functional group macro: the attributes it gives a frame
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept",
+                                         "ModalityLUTSequence"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"),
+}
 _DRAWING_KEYWORDS = ("PhotometricInterpretation", "BitsStored", "PixelRepresentation",
                      "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence", "WindowCenter",
                      "WindowWidth", "VOILUTFunction", "VOILUTSequence",
@@ -197,6 +229,9 @@ def _grayscale(frame: np.ndarray, attributes: Dataset, window) -> np.ndarray:
             bits = int(lut.LUTDescriptor[2])
             out = apply_voi_lut(values, attributes, prefer_lut=True)
             return _to_byte(out.astype(np.float64) / ((1 << bits) - 1) * 255)
+    finite = np.isfinite(values)
+    if not finite.all():  # NaN or infinity in float pixel data: drawn as the lowest value
+        values = np.where(finite, values, values[finite].min() if finite.any() else 0)
     if window is None:  # the frame's own range, end to end
         low, high = float(values.min()), float(values.max())
         if high <= low:
@@ -207,8 +242,9 @@ def _grayscale(frame: np.ndarray, attributes: Dataset, window) -> np.ndarray:
 
 def _modality(frame: np.ndarray, attributes: Dataset) -> np.ndarray:
     if "ModalityLUTSequence" in attributes:
-        return apply_modality_lut(frame, attributes).astype(np.float32)
-    values = frame.astype(np.float32)
+        return apply_modality_lut(frame, attributes).astype(np.float64)
+    # float32 holds every 16-bit value exactly; wider data keeps its precision in float64.
+    values = frame.astype(np.float32 if frame.dtype.itemsize <= 2 else np.float64)
     slope = _value(attributes.get("RescaleSlope"))
     intercept = _value(attributes.get("RescaleIntercept"))
     if slope is not None and slope != 1:
@@ -226,7 +262,7 @@ def _window(values: np.ndarray, center: float, width: float, function: str) -> n
         scaled = ((values - center) / width + 0.5) * 255
         low, high = center - width / 2, center + width / 2
     else:  # LINEAR; a width of 1 is a step at the center
-        scaled = ((values - (center - 0.5)) / max(width - 1, 1) + 0.5) * 255
+        scaled = ((values - (center - 0.5)) / (width - 1 if width > 1 else 1) + 0.5) * 255
         low = center - 0.5 - (width - 1) / 2
         high = center - 0.5 + (width - 1) / 2
     scaled = np.where(values <= low, 0, np.where(values > high, 255, scaled))
@@ -301,8 +337,8 @@ def _number(query, name: str) -> float:
 
 def _integer(query, name: str, low: int, high: int | None = None) -> int:
     text = query[name].strip()
-    if not text.isascii() or not text.lstrip("+-").isdigit():
-        raise RenderError(f"{name} must be an integer")
+    if not text.isascii() or not text.lstrip("+-").isdigit() or len(text) > 9:
+        raise RenderError(f"{name} must be an integer of at most 9 digits")
     value = int(text)
     if value < low or (high is not None and value > high):
         raise RenderError(f"{name} must be between {low} and {high}" if high is not None

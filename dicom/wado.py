@@ -333,14 +333,20 @@ def _wado_uri_endpoint(archive):
             return PlainTextResponse(str(exc), status_code=404)
         record = records[0]
 
-        if media_type is None:  # the server's choice: PS3.18's default for the object
+        if media_type is None:  # the server's choice: PS3.18's default, as Accept allows
             header = await run_in_threadpool(archive.header, record.sop_instance_uid)
-            if _drawn_by_default(header, query, request.headers.get("accept")):
-                response = await _rendered(archive, record, query, "image/jpeg")
-                if response.status_code != 406:
-                    return response
-            media_type = DICOM  # not an image, or one that cannot be drawn: the object
-        if media_type != DICOM:
+            choices = _default_types(header, query, request.headers.get("accept"))
+            if not choices:
+                return _vary(PlainTextResponse("Accept: the object is available as " + ", ".join(
+                    _offered_types(header, query)), 406))
+            media_type = choices[0]
+            if media_type != DICOM:
+                response = await _rendered(archive, record, query, media_type)
+                if response.status_code != 406 or DICOM not in choices or \
+                        set(query) & RENDERING_PARAMETERS:
+                    return _vary(response)
+                media_type = DICOM  # an image that cannot be drawn: the object itself
+        elif media_type != DICOM:
             return await _rendered(archive, record, query, media_type)
 
         rendering = sorted(set(query) & RENDERING_PARAMETERS)
@@ -362,13 +368,13 @@ def _wado_uri_endpoint(archive):
 def _requested_type(content_type: str | None) -> str | None:
     """The media type a contentType parameter asks for (its best weighted type this server
     has); None when it leaves the choice to the server. NotAcceptable when it names none of
-    ours; ValueError when it mixes application/dicom with rendered types (PS3.18)."""
+    ours; ValueError when it mixes application/dicom with other types (PS3.18)."""
     if content_type is None or not content_type.strip():
         return None
     ranges = parse_accept(content_type)
-    names = {r.media_type for r in ranges}
-    if DICOM in names and names & set(render.RENDERED_TYPES):
-        raise ValueError(f"contentType: {DICOM} and rendered types cannot be mixed")
+    names = {r.media_type for r in ranges} - {"*/*"}
+    if DICOM in names and len(names) > 1:
+        raise ValueError(f"contentType: {DICOM} and other types cannot be mixed")
     for media_range in ranges:
         if media_range.media_type in (DICOM, *render.RENDERED_TYPES):
             return media_range.media_type
@@ -378,16 +384,54 @@ def _requested_type(content_type: str | None) -> str | None:
                                                                    *render.RENDERED_TYPES)))
 
 
-def _drawn_by_default(header, query, accept: str | None) -> bool:
-    """Whether a request without contentType gets a JPEG: a single-frame image, or one frame
-    asked for by number, when the Accept header allows image/jpeg and the request names no
-    transfer syntax (which only the DICOM object has)."""
-    if not render.is_image(header) or "transferSyntax" in query:
-        return False
-    if render.frame_count(header) > 1 and "frameNumber" not in query:
-        return False
-    accepted = {r.media_type for r in parse_accept(accept)}
-    return bool(accepted & {"image/jpeg", "image/*", "*/*"})
+def _offered_types(header, query) -> list[str]:
+    """What a request without contentType may get, the server's preference first: a
+    single-frame image, or one frame asked for by number, drawn (JPEG first, PS3.18's default),
+    else the object; the object alone when a transfer syntax is named."""
+    drawable = render.is_image(header) and "transferSyntax" not in query and (
+        "NumberOfFrames" not in header or render.frame_count(header) == 1
+        or "frameNumber" in query)
+    return [*render.RENDERED_TYPES, DICOM] if drawable else [DICOM]
+
+
+def _default_types(header, query, accept: str | None) -> list[str]:
+    """The offered types the Accept header allows, its best weighted first (the server's
+    preference among equals); a weight of 0 refuses a type (RFC 9110 12.5.1)."""
+    weights = {}
+    for name in _offered_types(header, query):
+        weight = _weight(name, accept)
+        if weight > 0:
+            weights[name] = weight
+    return sorted(weights, key=lambda name: -weights[name])  # stable: preference kept
+
+
+def _weight(media_type: str, accept: str | None) -> float:
+    """The weight Accept gives ``media_type``: that of its most specific matching range."""
+    if not accept or not accept.strip():
+        return 1.0
+    kind = media_type.split("/")[0]
+    best, specificity = 0.0, -1
+    for item in _split_outside_quotes(accept, ","):
+        pieces = _split_outside_quotes(item, ";")
+        name = pieces[0].strip().lower()
+        level = {media_type: 2, f"{kind}/*": 1, "*/*": 0}.get(name)
+        if level is None or level < specificity:
+            continue
+        weight = 1.0
+        for piece in pieces[1:]:
+            key, _, value = piece.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 1.0
+        best, specificity = weight, level
+    return best
+
+
+def _vary(response: Response) -> Response:
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 async def _rendered(archive, record, query, media_type: str) -> Response:
@@ -410,6 +454,10 @@ async def _rendered(archive, record, query, media_type: str) -> Response:
         return PlainTextResponse(str(exc), status_code=400)
     except render.NotRenderable as exc:
         return PlainTextResponse(f"{media_type}: {exc}", status_code=406)
+    except MemoryError:  # not the image's fault: the client may ask again
+        log.warning("WADO-URI: no memory to draw instance %s", record.sop_instance_uid)
+        return PlainTextResponse("no memory to draw the image now", status_code=503,
+                                 headers={"Retry-After": "10"})
     log.info("WADO-URI rendered instance %s as %s", record.sop_instance_uid, media_type)
     return Response(body, media_type=media_type)
 

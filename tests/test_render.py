@@ -242,3 +242,69 @@ def test_sizes_beyond_the_limits_are_refused():
     with pytest.raises(NotRenderable, match="8192 x 8192"):
         render(_saved(ds), RenderRequest())
     assert module.MAX_INPUT_PIXELS < 8192 * 8192
+
+
+def test_lookup_tables_read_as_ow_in_implicit_vr_are_drawn():
+    """Implicit VR gives a LUT's data back as OW: read with the header's own encoding."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    stored = np.array([[0, 1], [2, 3]], dtype=np.uint16)
+    ds = _dataset_of(part10(stored))
+    lut = Dataset()
+    lut.LUTDescriptor = [4, 0, 12]
+    lut.add_new(0x00283006, "US", [0, 341, 682, 1023])
+    ds.VOILUTSequence = Sequence([lut])
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    assert drawn(_saved(ds)).tolist() == [[0, 21], [42, 64]]
+
+
+def test_wide_values_keep_their_precision_and_non_finite_ones_are_passed_over():
+    wide = (np.arange(16, dtype=np.uint32) * 16 + 1_000_000_000).reshape(4, 4)
+    gray = drawn(part10(wide), window=(1_000_000_128.0, 256.0))
+    assert len(np.unique(gray)) == 16  # float32 would merge neighbouring values
+
+    floats = np.array([[0.0, 0.5], [1.0, np.nan]], dtype=np.float32)
+    ds = _dataset_of(part10(np.zeros((2, 2), dtype=np.uint16)))
+    del ds.PixelData
+    ds.BitsAllocated, ds.BitsStored = 32, 32
+    del ds.HighBit, ds.PixelRepresentation
+    ds.FloatPixelData = floats.tobytes()
+    gray = drawn(_saved(ds))
+    assert gray[0].tolist() == [0, 128] and gray[1, 0] == 255
+
+
+def test_a_window_between_1_and_2_wide_divides_by_its_width_less_1():
+    stored = np.array([[0, 1], [2, 3]], dtype=np.uint16)
+    source = part10(stored, RescaleSlope=0.25, RescaleIntercept=0)  # 0, 0.25, 0.5, 0.75
+    expected = [[linear(v * 0.25, 0.5, 1.5) for v in row] for row in stored.tolist()]
+    got = drawn(source, window=(0.5, 1.5)).tolist()
+    assert np.abs(np.array(got) - np.array(expected)).max() <= 1
+
+
+def test_frame_number_1_of_an_enhanced_image_of_one_frame_is_drawn():
+    ds = _dataset_of(part10(np.array([[0, 10], [20, 30]], dtype=np.uint16)))
+    ds.NumberOfFrames = 1
+    assert drawn(_saved(ds), frame=1).tolist() == [[0, 85], [170, 255]]
+
+
+def test_a_frames_voi_lut_replaces_the_images_window():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.array([[0, 10], [20, 30]], dtype=np.uint16)
+    ds = _dataset_of(part10(stored, WindowCenter=0, WindowWidth=1))  # all white or black
+    ds.NumberOfFrames = 1
+    window = Dataset()
+    window.WindowCenter, window.WindowWidth = 15, 31
+    frame = Dataset()
+    frame.FrameVOILUTSequence = Sequence([window])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([frame])
+    expected = [[linear(v, 15, 31) for v in row] for row in stored.tolist()]
+    assert drawn(_saved(ds)).tolist() == expected
+
+
+def test_integers_longer_than_9_digits_are_refused():
+    with pytest.raises(RenderError, match="rows"):
+        RenderRequest.from_query({"rows": "9" * 400}, "image/png")

@@ -398,6 +398,35 @@ def test_wado_uri_content_negotiation_follows_ps3_18(archive, client):
     assert image.format == "JPEG"  # one frame asked for: an image, as for a single frame
 
 
+def test_wado_uri_without_content_type_follows_the_accept_header(archive, client):
+    single = archive.instances_of(STUDY_002)[3]
+    params = wado_uri(STUDY_002, single.series_instance_uid, single.sop_instance_uid)
+    del params["contentType"]
+
+    def answer(accept: str):
+        return client.get("/wado", params=params, headers={"Accept": accept})
+
+    assert answer("image/png").headers["content-type"] == "image/png"
+    assert answer("image/jpeg;q=0, */*").headers["content-type"] == "image/png"  # q=0 refuses
+    refused = answer("text/html")
+    assert refused.status_code == 406 and "image/jpeg" in refused.text
+    chosen = answer("*/*")
+    assert chosen.headers["content-type"] == "image/jpeg"
+    assert chosen.headers["vary"] == "Accept"  # a cache must not hand it to a DICOM client
+
+
+def test_wado_uri_no_memory_to_draw_is_503_to_ask_again(archive, client, monkeypatch):
+    from dicom import render
+
+    def out_of_memory(*_args, **_kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(render, "render", out_of_memory)
+    single = archive.instances_of(STUDY_002)[3]
+    response, _ = rendered(client, single, STUDY_002, contentType="image/jpeg")
+    assert response.status_code == 503 and response.headers["retry-after"]
+
+
 def test_wado_uri_other_content_types_and_stored_syntaxes_are_406(archive, client):
     record = archive.instances_of(STUDY_024)[0]
     for content_type in ("image/gif", "text/html"):
