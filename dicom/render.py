@@ -14,8 +14,9 @@ RGB (Palette Color through its LUTs, 8- or 16-bit entries as its descriptor says
 ``region`` crops and ``rows``/``columns`` scale the result to fit, keeping its aspect ratio.
 A display attribute that cannot be read (an empty or non-numeric window, say) is passed over.
 
-Only the frame asked for is decoded (the first by default), in float32: memory follows one
-frame, and frames over MAX_INPUT_PIXELS are not drawn, nor images over MAX_OUTPUT_PIXELS made.
+Only the frame asked for is decoded (the first by default), and drawn in float32 (float64 for
+data wider than 16 bits): memory follows one frame. Frames over MAX_INPUT_PIXELS are not drawn,
+images over MAX_OUTPUT_PIXELS not made, and at most one drawing per core runs at once.
 """
 
 from __future__ import annotations
