@@ -28,6 +28,11 @@ def part10(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attributes) -
     for name, value in attributes.items():
         setattr(ds, name, value)
     ds.PixelData = pixels.tobytes()
+    return with_meta(ds)
+
+
+def with_meta(ds: Dataset) -> BytesIO:
+    """``ds`` as a Part 10 file (Explicit VR Little Endian) in memory."""
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -84,15 +89,8 @@ def test_color_is_drawn_as_it_is_stored():
 def test_an_object_without_an_image_is_not_rendered():
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.59", generate_uid()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    out = BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    out.seek(0)
     with pytest.raises(NotRenderable):
-        render(out, RenderRequest())
+        render(with_meta(ds), RenderRequest())
 
 
 def test_jpeg_quality_is_the_requests():
