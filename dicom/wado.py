@@ -333,7 +333,9 @@ def _wado_uri_endpoint(archive):
             return PlainTextResponse(str(exc), status_code=404)
         record = records[0]
 
+        headers = {"Content-Length": str(record.size)}
         if media_type is None:  # the server's choice: PS3.18's default, as Accept allows
+            headers["Vary"] = "Accept"
             header = await run_in_threadpool(archive.header, record.sop_instance_uid)
             choices = _default_types(header, query, request.headers.get("accept"))
             if not choices:
@@ -360,7 +362,7 @@ def _wado_uri_endpoint(archive):
 
         log.info("WADO-URI retrieve instance %s", record.sop_instance_uid)
         return StreamingResponse(iter_instance_bytes(archive, record), media_type=DICOM,
-                                 headers={"Content-Length": str(record.size)})
+                                 headers=headers)
 
     return wado
 

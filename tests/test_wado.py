@@ -408,6 +408,9 @@ def test_wado_uri_without_content_type_follows_the_accept_header(archive, client
 
     assert answer("image/png").headers["content-type"] == "image/png"
     assert answer("image/jpeg;q=0, */*").headers["content-type"] == "image/png"  # q=0 refuses
+    dicom = answer("application/dicom")
+    assert dicom.headers["content-type"] == "application/dicom"
+    assert dicom.headers["vary"] == "Accept"
     refused = answer("text/html")
     assert refused.status_code == 406 and "image/jpeg" in refused.text
     chosen = answer("*/*")
