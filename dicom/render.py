@@ -126,7 +126,8 @@ def render(source: BinaryIO, request: RenderRequest) -> bytes:
         try:
             frame = _decode(source, header, index if frames > 1 else None)
             image = _draw(frame, _frame_attributes(header, index), request.window)
-        except (RenderError, NotRenderable, MemoryError, KeyboardInterrupt, SystemExit):
+        except (RenderError, NotRenderable, MemoryError, KeyboardInterrupt, SystemExit,
+                GeneratorExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - broken attributes, decoders (a Rust
             # decoder's panic is a BaseException): many kinds, none the server's fault
