@@ -15,9 +15,16 @@ On the archive's own associations, once established (Sta6), a P-DATA-TF PDU is r
 - once the last one is in, the store function (the one behind the EVT_C_STORE handler) archives
   it, and the C-STORE response goes out on the socket, all on this thread.
 
+Inside a data set the next PDU follows at once, so it is read here too, without a round of
+pynetdicom's loop; when none comes within NEXT_FRAGMENT_WAIT the thread goes back to that loop
+(its timers, its stop). pynetdicom's idle timer is restarted for each PDU read here, as it does
+for its own. A message broken off inside (a fragment of another message, a malformed PDU, a
+command longer than MAX_COMMAND_BYTES) aborts the association, as pynetdicom does with a PDU it
+cannot decode, and its landing file goes.
+
 Everything else is pynetdicom's, untouched: other PDUs (release, abort), and every message that
 is not a C-STORE request taken this way (a C-ECHO, an N-ACTION, a response to our C-STORE of a
-C-GET or C-MOVE, a C-STORE on a context where we are not the SCP): such a message's values are
+C-GET, a C-STORE on a context where we are not the SCP): such a message's values are
 handed to pynetdicom as they came, wrapped in a P-DATA-TF PDU of their own, and once any part
 of a message went to pynetdicom, all of it goes. A stream this module does not understand (a
 data set fragment with no command before it, an unreadable command) is left to pynetdicom for
