@@ -256,21 +256,11 @@ class _Receiver:
 
     def _receive(self, count: int) -> bool:
         """Read ``count`` bytes into the buffer, which grows only as bytes arrive."""
-        received = 0
-        while received < count:
-            if received == len(self.buffer):
-                grown = bytearray(len(self.buffer) + min(count - received, len(self.buffer)))
-                grown[:received] = self.buffer
-                self.buffer = grown
-            with memoryview(self.buffer) as view:
-                try:
-                    got = self.connection.recv_into(view[received:count])
-                except OSError:
-                    return False
-            if not got:
-                return False
-            received += got
-        return True
+        try:
+            self.buffer, received = tuning.receive_into(self.connection, self.buffer, count)
+        except OSError:
+            return False
+        return received == count
 
     # -- Routing each presentation data value ------------------------------------------------
 

@@ -294,18 +294,29 @@ def _read_in_large_pieces(transport) -> None:
 
 
 def _receive(connection, nr_bytes: int) -> bytearray:
-    received = bytearray(min(nr_bytes, RECV_FIRST_BYTES))
+    received, count = receive_into(connection, bytearray(min(nr_bytes, RECV_FIRST_BYTES)),
+                                   nr_bytes)
+    del received[count:]
+    return received
+
+
+def receive_into(connection, buffer: bytearray, nr_bytes: int) -> tuple[bytearray, int]:
+    """Read ``nr_bytes`` into ``buffer`` from its start, or fewer when the connection closes:
+    returns the buffer (a larger one when it had to grow) and the count read. The buffer only
+    doubles as bytes really arrive, so memory follows what a peer sent, never the length it
+    announced. A socket error is raised."""
     nr_read = 0
     while nr_read < nr_bytes:
-        if nr_read == len(received):
-            received.extend(bytes(min(nr_bytes - nr_read, len(received))))
-        with memoryview(received) as view:
-            count = connection.recv_into(view[nr_read:])
+        if nr_read == len(buffer):
+            grown = bytearray(len(buffer) + min(nr_bytes - nr_read, max(len(buffer), 1)))
+            grown[:nr_read] = buffer
+            buffer = grown
+        with memoryview(buffer) as view:
+            count = connection.recv_into(view[nr_read:nr_bytes])
         if not count:
             break
         nr_read += count
-    del received[nr_read:]
-    return received
+    return buffer, nr_read
 
 
 def _acceptable_association_request(body: bytearray) -> bool:
