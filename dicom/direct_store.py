@@ -180,7 +180,6 @@ class _Receiver:
         self.command_values: list[bytes] = []
         self.request: StoreRequest | None = None
         self.landing: landing.LandingFile | None = None
-        self.digest: landing.DataSetDigest | None = None
         self.message_id = 0
 
     # -- Reading a PDU -------------------------------------------------------------------------
@@ -354,17 +353,15 @@ class _Receiver:
         except OSError as exc:
             self._write_failed(exc)
             return
-        self.digest = landing.DataSetDigest()
+        self.landing.digest = landing.DataSetDigest()  # of what follows the meta header
 
     def _write(self, fragment: memoryview) -> None:
         if self.landing is None:  # writing failed earlier: the rest of the data set is dropped
             return
         try:
-            self.landing.file.write(fragment)
+            self.landing.write(fragment)  # and hashed
         except (OSError, ValueError) as exc:  # ValueError: closed as the connection closed
             self._write_failed(exc if isinstance(exc, OSError) else OSError(str(exc)))
-            return
-        self.digest.feed(fragment)
 
     def _write_failed(self, exc: OSError) -> None:
         log.error("C-STORE of %s: landing file not written: %s",
@@ -383,9 +380,9 @@ class _Receiver:
             except OSError as exc:
                 self._write_failed(exc)
             else:
-                request.landed = self.digest.result()
+                request.landed = self.landing.digest.result()
                 self.landing = None
-        self.mode, self.request, self.digest = _IDLE, None, None
+        self.mode, self.request = _IDLE, None
 
         try:
             status = self.store(request)
