@@ -80,8 +80,9 @@ class MediaRange:
     q: float = 1.0
 
 
-def parse_accept(header: str | None) -> list[MediaRange]:
-    """The media ranges of an Accept header, best first; ``*/*`` when there is no header."""
+def parse_accept(header: str | None, keep_refused: bool = False) -> list[MediaRange]:
+    """The media ranges of an Accept header, best first; ``*/*`` when there is no header.
+    Ranges weighted 0 (refusals, RFC 9110 12.5.1) are dropped unless ``keep_refused``."""
     if not header or not header.strip():
         return [MediaRange("*/*")]
 
@@ -99,7 +100,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
             q = float(params.pop("q", "1"))
         except ValueError:
             q = 1.0
-        if q > 0:
+        if q > 0 or keep_refused:
             ranges.append(MediaRange(media_type, params, q))
 
     # Stable sort: equal weights keep the client's order.
@@ -409,26 +410,13 @@ def _default_types(header, query, accept: str | None) -> list[str]:
 
 def _weight(media_type: str, accept: str | None) -> float:
     """The weight Accept gives ``media_type``: that of its most specific matching range."""
-    if not accept or not accept.strip():
-        return 1.0
     kind = media_type.split("/")[0]
-    best, specificity = 0.0, -1
-    for item in _split_outside_quotes(accept, ","):
-        pieces = _split_outside_quotes(item, ";")
-        name = pieces[0].strip().lower()
-        level = {media_type: 2, f"{kind}/*": 1, "*/*": 0}.get(name)
-        if level is None or level < specificity:
-            continue
-        weight = 1.0
-        for piece in pieces[1:]:
-            key, _, value = piece.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    weight = 1.0
-        best, specificity = weight, level
-    return best
+    specificity = {media_type: 2, f"{kind}/*": 1, "*/*": 0}
+    matching = [r for r in parse_accept(accept, keep_refused=True)
+                if r.media_type in specificity]
+    if not matching:
+        return 0.0
+    return max(matching, key=lambda r: specificity[r.media_type]).q
 
 
 def _vary(response: Response) -> Response:
